@@ -1,0 +1,275 @@
+/*
+ * engine.h - the engine's whole view of the world.
+ *
+ * The engine holds the format drivers and the operations built on them.
+ * It is freestanding in spirit: it reaches image bytes only through
+ * struct ins_bdev, allocates only through struct ins_alloc (via the
+ * ins_malloc family below), asks for files named inside an image only
+ * through ctx->open_ref, and makes no system calls of its own.  That keeps
+ * it fuzzable and lets the worker run it inside a seccomp sandbox.
+ *
+ * Every number read from an image is untrusted: use the checked
+ * arithmetic helpers below and bound every size before allocating.
+ */
+#ifndef INSTAR_ENGINE_H
+#define INSTAR_ENGINE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/tree.h"
+
+/* Return codes.  Zero is success; errors are negative. */
+enum {
+    INS_OK = 0,
+    INS_EIO = -1,       /* read failed, or short read inside the file */
+    INS_EINVAL = -2,    /* the image is malformed */
+    INS_ENOMEM = -3,    /* allocation failed or a limit was hit */
+    INS_ENOTSUP = -4,   /* a valid image using something we do not handle */
+    INS_EREFUSED = -5,  /* the host's path policy refused a reference */
+    INS_ENOENT = -6,    /* a referenced file does not exist */
+    INS_EFBIG = -7,     /* a size is beyond what the format or we allow */
+};
+
+/* ---- block device ---- */
+
+struct ins_bdev {
+    void *opaque;
+    /*
+     * Reads up to len bytes at offset.  Returns the number of bytes read,
+     * which is less than len only at end of file, or a negative INS_E*.
+     */
+    int64_t (*pread)(void *opaque, void *buf, size_t len, uint64_t offset);
+    uint64_t size;          /* length of the file in bytes */
+    uint64_t allocated;     /* bytes the filesystem allocated (st_blocks*512) */
+    const char *name;       /* the name it was opened by (for info output) */
+};
+
+/* Exactly len bytes at offset; INS_EIO if the file ends first. */
+int ins_read(struct ins_bdev *bd, void *buf, size_t len, uint64_t offset);
+/* len bytes at offset; whatever lies past end of file reads as zeros. */
+int ins_read_zfill(struct ins_bdev *bd, void *buf, size_t len,
+                   uint64_t offset);
+
+/* ---- context ---- */
+
+enum ins_ref_kind {
+    INS_REF_BACKING,    /* qcow2/qed/qcow/vmdk/vhdx backing file */
+    INS_REF_DATA_FILE,  /* qcow2 external data file */
+    INS_REF_EXTENT,     /* vmdk extent named in a descriptor */
+    INS_REF_PARENT,     /* vhd/vhdx parent locator */
+};
+
+/* Flags in ctx->flags. */
+#define INS_F_UNSAFE_QUIRKS  0x01   /* qemu-img's unsafe behaviour (raw fallback, iso as raw) */
+#define INS_F_IGNORE_QUIRKS  0x02   /* intuitive output instead of qemu-img's safe quirks */
+#define INS_F_EXTRA_DETAIL   0x04   /* extra format-specific detail qemu-img omits */
+#define INS_F_FORCE_SHARE    0x08   /* -U: no effect on reads, kept for messages */
+
+struct ins_ctx {
+    struct ins_alloc *alloc;
+    unsigned flags;
+    /*
+     * Opens a file named inside an image.  kind says what the reference is;
+     * base is the name of the image holding it (relative names resolve
+     * against its directory); name is exactly as stored in the image.
+     * The host applies its path policy: on refusal this returns
+     * INS_EREFUSED and leaves a message in ctx->errmsg.  The returned bdev
+     * lives until close_ref or the end of the worker.
+     */
+    int (*open_ref)(struct ins_ctx *ctx, enum ins_ref_kind kind,
+                    const char *base, const char *name,
+                    struct ins_bdev **out);
+    void *ref_opaque;
+    /* A one-line error message (qemu-img's wording where qemu-img fails). */
+    char errmsg[1024];
+};
+
+/* Sets ctx->errmsg printf-style; returns err so callers can write
+ * `return ins_error(ctx, INS_EINVAL, "...")`. */
+int ins_error(struct ins_ctx *ctx, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+void *ins_malloc(struct ins_ctx *ctx, size_t size);
+/* Zeroed n * size bytes; NULL on overflow or failure. */
+void *ins_calloc(struct ins_ctx *ctx, size_t n, size_t size);
+void *ins_realloc(struct ins_ctx *ctx, void *ptr, size_t size);
+void ins_free(struct ins_ctx *ctx, void *ptr);
+char *ins_strdup(struct ins_ctx *ctx, const char *s);
+char *ins_strndup(struct ins_ctx *ctx, const char *s, size_t n);
+
+/* ---- checked arithmetic and byte order ---- */
+
+static inline int ins_add_overflow(uint64_t a, uint64_t b, uint64_t *r)
+{
+    return __builtin_add_overflow(a, b, r);
+}
+
+static inline int ins_mul_overflow(uint64_t a, uint64_t b, uint64_t *r)
+{
+    return __builtin_mul_overflow(a, b, r);
+}
+
+static inline uint16_t ins_be16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+static inline uint32_t ins_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+           (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t ins_be64(const uint8_t *p)
+{
+    return (uint64_t)ins_be32(p) << 32 | ins_be32(p + 4);
+}
+static inline uint16_t ins_le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+static inline uint32_t ins_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+static inline uint64_t ins_le64(const uint8_t *p)
+{
+    return (uint64_t)ins_le32(p) | (uint64_t)ins_le32(p + 4) << 32;
+}
+
+/* ---- what info reports about one image ---- */
+
+struct ins_snapshot {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    int has_icount;
+    uint64_t icount;
+};
+
+/* A file node under the format node (qemu 8.0+ "Child node '/NAME'"). */
+struct ins_child {
+    char *name;                 /* "file", "data-file", "extents.0", ... */
+    struct ins_bdev *bdev;
+};
+
+#define INS_MAX_CHILDREN 64
+
+struct ins_info {
+    uint64_t virtual_size;
+    int has_cluster_size;
+    int64_t cluster_size;
+    int encrypted;
+    int has_dirty_flag;
+    int dirty_flag;
+    /* actual-size: sum of the children's allocated bytes unless set here. */
+    int has_actual_size;
+    int64_t actual_size;
+    char *backing_filename;     /* as stored in the image, or NULL */
+    char *backing_format;       /* or NULL */
+    int has_snapshots;
+    struct ins_snapshot *snapshots;
+    size_t n_snapshots;
+    /* ImageInfoSpecific: {"type": format_specific_type, "data": ...}. */
+    const char *format_specific_type;
+    struct tree *format_specific;   /* the "data" dict, or NULL */
+    /* Children in attachment order; the first is normally "file". */
+    struct ins_child children[INS_MAX_CHILDREN];
+    size_t n_children;
+};
+
+/* ---- format drivers ---- */
+
+struct ins_driver;
+
+/* Each driver's image state begins with this. */
+struct ins_image {
+    const struct ins_driver *drv;
+    struct ins_ctx *ctx;
+    struct ins_bdev *file;
+};
+
+/* Open flags. */
+#define INS_O_PROBED   0x01     /* format came from probing, not -f */
+
+struct ins_driver {
+    const char *name;           /* qemu's format name: "qcow2", "vpc", ... */
+    /*
+     * Score how well the content matches (0 = not this format, 100 =
+     * certain), as qemu's probes do.  head holds the first head_len bytes
+     * of the file (up to INS_PROBE_LEN); a probe may read more from file.
+     * Must not fail on any input.
+     */
+    int (*probe)(struct ins_ctx *ctx, struct ins_bdev *file,
+                 const uint8_t *head, size_t head_len);
+    /*
+     * Parses and validates the image.  On failure returns INS_E* with a
+     * message in ctx->errmsg (qemu's wording, without the
+     * "Could not open 'FILE': " prefix), and frees everything.
+     * tb allocates the format-specific tree that info() will fill.
+     */
+    int (*open)(struct ins_ctx *ctx, struct ins_bdev *file, unsigned flags,
+                struct ins_image **out);
+    /* Fills info; the tree builder is for info->format_specific. */
+    int (*info)(struct ins_image *img, struct tree_builder *tb,
+                struct ins_info *info);
+    void (*close)(struct ins_image *img);
+};
+
+#define INS_PROBE_LEN 2048
+
+extern const struct ins_driver ins_drv_raw, ins_drv_qcow2, ins_drv_qcow,
+    ins_drv_qed, ins_drv_vmdk, ins_drv_vpc, ins_drv_vhdx, ins_drv_vdi,
+    ins_drv_luks, ins_drv_parallels, ins_drv_bochs, ins_drv_cloop,
+    ins_drv_dmg, ins_drv_iso;
+
+/* All drivers, in qemu's probe order; NULL-terminated. */
+extern const struct ins_driver *const ins_drivers[];
+
+const struct ins_driver *ins_find_driver(const char *name);
+
+/* ---- detection ---- */
+
+struct ins_detect {
+    const struct ins_driver *drv;   /* the winner, or NULL: not recognised */
+    int score;
+    /* Every driver that scored above zero (polyglots have several). */
+    const struct ins_driver *matches[16];
+    size_t n_matches;
+    int has_partition_table;        /* valid MBR or GPT seen (for raw) */
+};
+
+/*
+ * Probes every driver.  Without INS_F_UNSAFE_QUIRKS a file no driver
+ * recognises is raw only if it carries a valid MBR or GPT; otherwise
+ * det->drv is NULL.  With it, the answer is qemu-img's (raw fallback,
+ * iso reported as raw).
+ */
+int ins_detect(struct ins_ctx *ctx, struct ins_bdev *file,
+               struct ins_detect *det);
+
+/* MBR / GPT validity, shared by detection and the raw driver. */
+int ins_has_partition_table(struct ins_bdev *file, const uint8_t *head,
+                            size_t head_len);
+
+/* ---- operations ---- */
+
+/*
+ * info: opens `file` (named `filename` on the command line) with `drv`
+ * and builds qemu's ImageInfo (8.0+ layout, with "children") as a tree.
+ * On error returns INS_E* with ctx->errmsg set.
+ */
+int ins_op_info(struct ins_ctx *ctx, struct ins_bdev *file,
+                const char *filename, const struct ins_driver *drv,
+                unsigned open_flags, struct tree_builder *tb,
+                struct tree **out);
+
+/* qemu's path_combine(): resolve name relative to base's directory. */
+char *ins_path_combine(struct ins_ctx *ctx, const char *base,
+                       const char *name);
+
+#endif

@@ -1,0 +1,121 @@
+/*
+ * util.c - block reads, errors, allocation and path helpers for the engine.
+ */
+#include "engine.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int ins_read(struct ins_bdev *bd, void *buf, size_t len, uint64_t offset)
+{
+    int64_t got;
+
+    if (len == 0)
+        return INS_OK;
+    if (len > INT64_MAX || offset > bd->size || len > bd->size - offset)
+        return INS_EIO;
+    got = bd->pread(bd->opaque, buf, len, offset);
+    if (got < 0)
+        return (int)got;
+    return (uint64_t)got == len ? INS_OK : INS_EIO;
+}
+
+int ins_read_zfill(struct ins_bdev *bd, void *buf, size_t len,
+                   uint64_t offset)
+{
+    size_t avail = 0;
+    int64_t got;
+
+    if (offset < bd->size)
+        avail = bd->size - offset < len ? (size_t)(bd->size - offset) : len;
+    if (avail) {
+        got = bd->pread(bd->opaque, buf, avail, offset);
+        if (got < 0)
+            return (int)got;
+        avail = (size_t)got;
+    }
+    memset((uint8_t *)buf + avail, 0, len - avail);
+    return INS_OK;
+}
+
+int ins_error(struct ins_ctx *ctx, int err, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(ctx->errmsg, sizeof(ctx->errmsg), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+void *ins_malloc(struct ins_ctx *ctx, size_t size)
+{
+    return ctx->alloc->alloc(ctx->alloc->opaque, size);
+}
+
+void *ins_calloc(struct ins_ctx *ctx, size_t n, size_t size)
+{
+    size_t total;
+    void *p;
+
+    if (__builtin_mul_overflow(n, size, &total))
+        return NULL;
+    p = ins_malloc(ctx, total);
+    if (p)
+        memset(p, 0, total);
+    return p;
+}
+
+void *ins_realloc(struct ins_ctx *ctx, void *ptr, size_t size)
+{
+    return ctx->alloc->realloc(ctx->alloc->opaque, ptr, size);
+}
+
+void ins_free(struct ins_ctx *ctx, void *ptr)
+{
+    if (ptr)
+        ctx->alloc->free(ctx->alloc->opaque, ptr);
+}
+
+char *ins_strndup(struct ins_ctx *ctx, const char *s, size_t n)
+{
+    size_t len = strnlen(s, n);
+    char *copy = ins_malloc(ctx, len + 1);
+
+    if (copy) {
+        memcpy(copy, s, len);
+        copy[len] = '\0';
+    }
+    return copy;
+}
+
+char *ins_strdup(struct ins_ctx *ctx, const char *s)
+{
+    return ins_strndup(ctx, s, strlen(s));
+}
+
+/* True for "proto:rest" before any '/', as qemu's path_has_protocol(). */
+static int has_protocol(const char *path)
+{
+    const char *p = strpbrk(path, ":/");
+
+    return p && *p == ':';
+}
+
+char *ins_path_combine(struct ins_ctx *ctx, const char *base,
+                       const char *name)
+{
+    const char *slash;
+    size_t dirlen;
+    char *out;
+
+    if (name[0] == '/' || has_protocol(name) || !(slash = strrchr(base, '/')))
+        return ins_strdup(ctx, name);
+    dirlen = (size_t)(slash - base) + 1;
+    out = ins_malloc(ctx, dirlen + strlen(name) + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, base, dirlen);
+    strcpy(out + dirlen, name);
+    return out;
+}

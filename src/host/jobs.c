@@ -1,0 +1,93 @@
+/*
+ * jobs.c - opening images: the host opens files and answers reference
+ * requests; the worker detects the format and opens the driver.
+ */
+#include "jobs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int host_open_image(const struct options *o, const char *filename, int flags)
+{
+    int fd = open(filename, flags | O_CLOEXEC | O_NOCTTY);
+    struct stat st;
+
+    if (fd < 0) {
+        int e = errno;
+
+        die_msg(o, "Could not open '%s': Could not open '%s': %s", filename,
+                filename, strerror(e));
+        return -1;
+    }
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        die_msg(o, "Could not open '%s': 'file' driver requires '%s' to be a regular file",
+                filename, filename);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static const char *ref_what(enum ins_ref_kind kind)
+{
+    switch (kind) {
+    case INS_REF_BACKING: return "backing file";
+    case INS_REF_DATA_FILE: return "data file";
+    case INS_REF_EXTENT: return "extent file";
+    case INS_REF_PARENT: return "parent image";
+    }
+    return "reference";
+}
+
+int host_ref_open(void *opaque, const struct worker_ref_request *req, int *err,
+                  char *errbuf, size_t errlen)
+{
+    struct ref_state *rs = opaque;
+
+    return policy_open_ref(rs->policy, ref_what(req->kind), req->base,
+                           req->name, err, errbuf, errlen);
+}
+
+int job_open_driver(struct ins_ctx *ctx, const struct image_job *job,
+                    int fd, struct ins_bdev *bd,
+                    const struct ins_driver **drv)
+{
+    struct ins_detect det;
+    int rc = worker_bdev_init(bd, fd, job->filename);
+
+    if (rc < 0)
+        return ins_error(ctx, rc, "Could not read '%s'", job->filename);
+    if (job->format && !job->format_declared) {
+        *drv = ins_find_driver(job->format);
+        if (!*drv)
+            return ins_error(ctx, INS_EINVAL, "Unknown driver '%s'", job->format);
+        return INS_OK;
+    }
+    rc = ins_detect(ctx, bd, &det);
+    if (rc < 0)
+        return rc;
+    if (job->format) {
+        /* A format named inside an image is a claim, not an order: an
+         * image may not make instar read unknown bytes as a raw disk. */
+        *drv = ins_find_driver(job->format);
+        if (!*drv)
+            return ins_error(ctx, INS_EINVAL, "Unknown driver '%s'", job->format);
+        if (*drv == &ins_drv_raw && !(ctx->flags & INS_F_UNSAFE_QUIRKS) &&
+            !det.has_partition_table && det.drv != &ins_drv_raw)
+            return ins_error(ctx, INS_EREFUSED,
+                             "refusing to read '%s' as raw: the image that names it "
+                             "says raw, but it has no MBR or GPT partition table "
+                             "(use --unsafe-quirks to allow)", job->filename);
+        return INS_OK;
+    }
+    if (!det.drv)
+        return ins_error(ctx, INS_EREFUSED,
+                         "not a recognised disk image: no known format header "
+                         "and no MBR or GPT partition table (use -f raw to read "
+                         "it as raw, or --unsafe-quirks for qemu-img's behaviour)");
+    *drv = det.drv;
+    return INS_OK;
+}

@@ -1,0 +1,36 @@
+/*
+ * jobs.h - engine jobs the host runs in a worker, and the host's side of
+ * opening images for them.
+ */
+#ifndef INSTAR_JOBS_H
+#define INSTAR_JOBS_H
+
+#include "options.h"
+
+/* An image to open in the worker: fds[0] in the job's descriptor list. */
+struct image_job {
+    const char *filename;       /* as named on the command line or in a chain */
+    const char *format;         /* -f, or a format declared by a parent image */
+    int format_declared;        /* format came from an image, not the user */
+};
+
+/* Opens the command-line image read-only; prints qemu's error and returns
+ * -1 on failure. */
+int host_open_image(const struct options *o, const char *filename, int flags);
+
+/* The engine-side open: bdev over fds[0], format from job or detection. */
+int job_open_driver(struct ins_ctx *ctx, const struct image_job *job,
+                    int fd, struct ins_bdev *bd,
+                    const struct ins_driver **drv);
+
+/* State for answering a worker's reference requests through the policy. */
+struct ref_state {
+    const struct options *opts;
+    struct policy *policy;
+};
+int host_ref_open(void *opaque, const struct worker_ref_request *req, int *err,
+                  char *errbuf, size_t errlen);
+
+int cmd_info(struct options *o, int argc, char **argv);
+
+#endif

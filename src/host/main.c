@@ -1,0 +1,64 @@
+/*
+ * main.c - the instar command line: qemu-img's syntax and commands.
+ *
+ * Invoked through a link named qemu-img, instar presents itself as
+ * qemu-img (message prefix and --version text), so it can stand in for it
+ * on PATH.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "jobs.h"
+
+static void print_version(const struct options *o)
+{
+    if (o->as_qemu_img)
+        printf("qemu-img version %d.%d.0 (instar %s)\n"
+               "Copyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers\n",
+               o->prof.major, o->prof.minor, INSTAR_VERSION);
+    else
+        printf("instar version %s (qemu-img %d.%d compatible)\n",
+               INSTAR_VERSION, o->prof.major, o->prof.minor);
+}
+
+static void print_help(const struct options *o)
+{
+    printf("%s: a safe, fast stand-in for qemu-img\n"
+           "usage: %s [--version] [--help] COMMAND [command options]\n"
+           "\n"
+           "Commands:\n"
+           "  info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILE\n"
+           "\n"
+           "'%s COMMAND --help' describes a command and instar's own options\n"
+           "(--qemu-version, --allow-path, --unsafe-quirks, --no-sandbox, ...).\n",
+           o->progname, o->progname, o->progname);
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    const char *cmd;
+
+    argc = options_parse(&o, argc, argv);
+    if (argc < 0)
+        return 1;
+    if (argc < 2) {
+        die_msg(&o, "Not enough arguments");
+        usage_hint(&o, NULL);
+        return 1;
+    }
+    cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
+        print_help(&o);
+        return 0;
+    }
+    if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0) {
+        print_version(&o);
+        return 0;
+    }
+    if (strcmp(cmd, "info") == 0)
+        return cmd_info(&o, argc - 1, argv + 1);
+    die_msg(&o, "Command not found: %s", cmd);
+    usage_hint(&o, NULL);
+    return 1;
+}

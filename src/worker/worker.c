@@ -1,0 +1,696 @@
+/*
+ * worker.c - fork a sandboxed worker, run one engine job in it, relay its
+ * requests for referenced files through the host's policy, and collect
+ * its answer.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- channel: frames of [u32 type][u32 length][payload] on a stream
+ * socket; a descriptor rides along with a frame as SCM_RIGHTS. ---- */
+
+enum {
+    MSG_RESULT = 1,     /* worker -> host: encoded tree */
+    MSG_ERROR = 2,      /* worker -> host: i32 code, message */
+    MSG_OPEN_REF = 3,   /* worker -> host: u32 kind, base NUL, name NUL */
+    MSG_FD = 4,         /* host -> worker: descriptor attached */
+    MSG_REFUSED = 5,    /* host -> worker: i32 code, message */
+};
+
+#define MAX_REQUEST 65536u          /* largest frame the worker accepts */
+#define DEFAULT_MAX_OUTPUT (64u << 20)
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+
+    while (len > 0) {
+        ssize_t n = read(fd, p, len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int send_frame(int sock, uint32_t type, const void *payload,
+                      uint32_t len, int pass_fd)
+{
+    uint32_t hdr[2] = { type, len };
+
+    if (pass_fd >= 0) {
+        struct msghdr msg;
+        struct iovec iov = { hdr, sizeof(hdr) };
+        union {
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } u;
+        struct cmsghdr *cm;
+
+        memset(&msg, 0, sizeof(msg));
+        memset(&u, 0, sizeof(u));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = u.buf;
+        msg.msg_controllen = sizeof(u.buf);
+        cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+        if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof(hdr))
+            return -1;
+    } else if (write_all(sock, hdr, sizeof(hdr)) < 0) {
+        return -1;
+    }
+    return len ? write_all(sock, payload, len) : 0;
+}
+
+/* Reads a frame header, collecting a passed descriptor if one came. */
+static int recv_header(int sock, uint32_t hdr[2], int *got_fd)
+{
+    struct msghdr msg;
+    struct iovec iov = { hdr, 2 * sizeof(uint32_t) };
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct cmsghdr *cm;
+    ssize_t n;
+
+    *got_fd = -1;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof(u.buf);
+    do {
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return -1;
+    for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+            cm->cmsg_len == CMSG_LEN(sizeof(int)))
+            memcpy(got_fd, CMSG_DATA(cm), sizeof(int));
+    if ((size_t)n < 2 * sizeof(uint32_t) &&
+        read_all(sock, (uint8_t *)hdr + n, 2 * sizeof(uint32_t) - (size_t)n) < 0) {
+        if (*got_fd >= 0)
+            close(*got_fd);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the worker side ---- */
+
+struct fd_bdev {
+    int fd;
+};
+
+static int64_t fd_pread(void *opaque, void *buf, size_t len, uint64_t offset)
+{
+    struct fd_bdev *f = opaque;
+    size_t done = 0;
+
+    if (offset > INT64_MAX)
+        return INS_EIO;
+    while (done < len) {
+        ssize_t n = pread(f->fd, (uint8_t *)buf + done, len - done,
+                          (off_t)(offset + done));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return INS_EIO;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (int64_t)done;
+}
+
+int worker_bdev_init(struct ins_bdev *bd, int fd, const char *name)
+{
+    struct fd_bdev *f = malloc(sizeof(*f));
+    struct stat st;
+
+    if (!f)
+        return INS_ENOMEM;
+    if (fstat(fd, &st) < 0) {
+        free(f);
+        return INS_EIO;
+    }
+    f->fd = fd;
+    memset(bd, 0, sizeof(*bd));
+    bd->opaque = f;
+    bd->pread = fd_pread;
+    if (S_ISBLK(st.st_mode)) {
+        off_t end = lseek(fd, 0, SEEK_END);
+        bd->size = end > 0 ? (uint64_t)end : 0;
+    } else {
+        bd->size = st.st_size > 0 ? (uint64_t)st.st_size : 0;
+    }
+    bd->allocated = (uint64_t)st.st_blocks * 512;
+    bd->name = name;
+    return INS_OK;
+}
+
+struct worker_state {
+    int sock;
+};
+
+static int worker_open_ref(struct ins_ctx *ctx, enum ins_ref_kind kind,
+                           const char *base, const char *name,
+                           struct ins_bdev **out)
+{
+    struct worker_state *ws = ctx->ref_opaque;
+    size_t blen = strlen(base), nlen = strlen(name);
+    uint32_t hdr[2], kind32 = (uint32_t)kind;
+    uint8_t *req, reply[1024];
+    struct ins_bdev *bd;
+    char *full;
+    int fd, rc;
+
+    if (blen > MAX_REQUEST || nlen > MAX_REQUEST)
+        return ins_error(ctx, INS_EREFUSED, "reference name too long");
+    req = malloc(4 + blen + 1 + nlen + 1);
+    if (!req)
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    memcpy(req, &kind32, 4);
+    memcpy(req + 4, base, blen + 1);
+    memcpy(req + 4 + blen + 1, name, nlen + 1);
+    rc = send_frame(ws->sock, MSG_OPEN_REF, req, (uint32_t)(4 + blen + nlen + 2), -1);
+    free(req);
+    if (rc < 0 || recv_header(ws->sock, hdr, &fd) < 0)
+        return ins_error(ctx, INS_EIO, "lost the channel to the host");
+    if (hdr[1] > sizeof(reply) - 1 || read_all(ws->sock, reply, hdr[1]) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return ins_error(ctx, INS_EIO, "bad reply from the host");
+    }
+    reply[hdr[1]] = '\0';
+    if (hdr[0] != MSG_FD || fd < 0) {
+        int32_t code = INS_EREFUSED;
+
+        if (fd >= 0)
+            close(fd);
+        if (hdr[1] >= 4)
+            memcpy(&code, reply, 4);
+        if (code >= 0 || code < INS_EFBIG)
+            code = INS_EREFUSED;
+        return ins_error(ctx, code, "%s", hdr[1] >= 4 ? (char *)reply + 4 : "refused");
+    }
+    bd = malloc(sizeof(*bd));
+    full = ins_path_combine(ctx, base, name);
+    if (!bd || !full || worker_bdev_init(bd, fd, full) != INS_OK) {
+        free(bd);
+        free(full);
+        close(fd);
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    }
+    *out = bd;
+    return INS_OK;
+}
+
+static void report_error(int sock, int code, const char *msg)
+{
+    size_t len = strnlen(msg, 1000);
+    uint8_t buf[4 + 1000];
+    int32_t c = code;
+
+    memcpy(buf, &c, 4);
+    memcpy(buf + 4, msg, len);
+    send_frame(sock, MSG_ERROR, buf, (uint32_t)(4 + len), -1);
+}
+
+static int add_rule(scmp_filter_ctx f, int nr)
+{
+    return seccomp_rule_add(f, SCMP_ACT_ALLOW, nr, 0);
+}
+
+/*
+ * The allow-list.  What is absent matters most: open/openat/creat, execve,
+ * socket/connect/bind, ptrace, process_vm_*, mount, kill of others...
+ * Memory may be mapped but never executable.
+ */
+static int install_seccomp(void)
+{
+    static const int allowed[] = {
+        SCMP_SYS(read), SCMP_SYS(write), SCMP_SYS(pread64),
+        SCMP_SYS(pwrite64), SCMP_SYS(readv), SCMP_SYS(writev),
+        SCMP_SYS(preadv), SCMP_SYS(pwritev), SCMP_SYS(lseek),
+        SCMP_SYS(fstat), SCMP_SYS(close), SCMP_SYS(fsync),
+        SCMP_SYS(fdatasync), SCMP_SYS(ftruncate), SCMP_SYS(fallocate),
+        SCMP_SYS(copy_file_range), SCMP_SYS(sendmsg), SCMP_SYS(recvmsg),
+        SCMP_SYS(munmap), SCMP_SYS(mremap), SCMP_SYS(brk),
+        SCMP_SYS(madvise), SCMP_SYS(futex), SCMP_SYS(set_robust_list),
+        SCMP_SYS(get_robust_list), SCMP_SYS(rseq), SCMP_SYS(sched_yield),
+        SCMP_SYS(sched_getaffinity), SCMP_SYS(getpid), SCMP_SYS(gettid),
+        SCMP_SYS(clock_gettime), SCMP_SYS(clock_nanosleep),
+        SCMP_SYS(nanosleep), SCMP_SYS(rt_sigreturn),
+        SCMP_SYS(rt_sigprocmask), SCMP_SYS(sigaltstack),
+        SCMP_SYS(exit), SCMP_SYS(exit_group), SCMP_SYS(getrandom),
+        SCMP_SYS(membarrier),
+    };
+    scmp_filter_ctx f = seccomp_init(SCMP_ACT_KILL_PROCESS);
+    size_t i;
+    int rc = 0;
+
+    if (!f)
+        return -1;
+    for (i = 0; i < sizeof(allowed) / sizeof(allowed[0]) && rc == 0; i++)
+        rc = add_rule(f, allowed[i]);
+    /* Memory: never executable. */
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(mmap), 1,
+                              SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(mprotect), 1,
+                              SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
+    /* fstat() is newfstatat(fd, "", AT_EMPTY_PATH) in glibc: allow only
+     * that form, so no path can be looked up. */
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(newfstatat), 1,
+                              SCMP_A3(SCMP_CMP_MASKED_EQ, AT_EMPTY_PATH,
+                                      AT_EMPTY_PATH));
+    /* Threads, for parallel work: clone only with CLONE_THREAD; make
+     * clone3 fail so glibc falls back to clone, whose flags we can see. */
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+                              SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD,
+                                      CLONE_THREAD));
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    /* fcntl for F_GETFL/F_GETFD only. */
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
+                              SCMP_A1(SCMP_CMP_EQ, F_GETFL));
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
+                              SCMP_A1(SCMP_CMP_EQ, F_GETFD));
+    /* abort() signals itself. */
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 0);
+    if (rc == 0)
+        rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(rt_sigaction), 0);
+    if (rc == 0)
+        rc = seccomp_load(f);
+    seccomp_release(f);
+    return rc == 0 ? 0 : -1;
+}
+
+static void set_limit(int resource, uint64_t soft, uint64_t hard)
+{
+    struct rlimit rl = { soft, hard };
+
+    setrlimit(resource, &rl);
+}
+
+/*
+ * Renumbers the descriptors the job keeps to 3 (the channel), 4, 5, ...
+ * and closes everything else, so nothing the host had open leaks in.
+ */
+static int keep_only(int *sock, int *fds, size_t nfds)
+{
+    int high[64 + 1];
+    size_t i;
+
+    if (nfds > 64)
+        return -1;
+    /* First move everything out of the way, then into place. */
+    high[0] = fcntl(*sock, F_DUPFD, 1000);
+    for (i = 0; i < nfds; i++)
+        high[i + 1] = fcntl(fds[i], F_DUPFD, 1000);
+    for (i = 0; i <= nfds; i++) {
+        if (high[i] < 0 || dup2(high[i], 3 + (int)i) < 0)
+            return -1;
+    }
+    *sock = 3;
+    for (i = 0; i < nfds; i++)
+        fds[i] = 4 + (int)i;
+    /* close_range(2) from 4+nfds up. */
+    for (i = 4 + nfds; i < 1000 + 64 + 1; i++)
+        close((int)i);
+    {
+        struct rlimit rl;
+        int fd;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536)
+            for (fd = 1000 + 64 + 1; fd < (int)rl.rlim_cur; fd++)
+                close(fd);
+    }
+    return 0;
+}
+
+static void redirect_std(void)
+{
+    int devnull = open("/dev/null", O_RDWR);
+
+    if (devnull >= 0) {
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        if (devnull > 2)
+            close(devnull);
+    }
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
+                        worker_job_fn fn, void *job, int sock, int *fds,
+                        size_t nfds)
+{
+    struct ins_ctx ctx;
+    struct tree_builder tb;
+    struct tree *result = NULL;
+    uint8_t *wire;
+    size_t wire_len = 0;
+    struct worker_state ws;
+    int rc;
+
+    redirect_std();
+    if (keep_only(&sock, fds, nfds) < 0)
+        _exit(120);
+    if (!lim->no_sandbox) {
+        set_limit(RLIMIT_CORE, 0, 0);
+#ifndef UNDER_ASAN
+        if (lim->memory_bytes)
+            set_limit(RLIMIT_AS, lim->memory_bytes, lim->memory_bytes);
+#endif
+        if (lim->cpu_seconds)
+            set_limit(RLIMIT_CPU, lim->cpu_seconds, lim->cpu_seconds + 1);
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+            _exit(121);
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+            _exit(121);
+        if (install_seccomp() < 0)
+            _exit(122);
+    }
+    if (lim->test_escape) {
+        /* Test hook: a compromised worker trying to read a host file. */
+        int fd = open("/etc/passwd", O_RDONLY);
+
+        if (fd >= 0) {
+            report_error(sock, INS_EIO, "sandbox escape: open() succeeded");
+            _exit(0);
+        }
+    }
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.alloc = &ins_libc_alloc;
+    ctx.flags = ctx_flags;
+    ctx.open_ref = worker_open_ref;
+    ws.sock = sock;
+    ctx.ref_opaque = &ws;
+    tree_builder_init(&tb, &ins_libc_alloc);
+
+    rc = fn(&ctx, job, fds, nfds, &tb, &result);
+    if (rc < 0) {
+        report_error(sock, rc, ctx.errmsg[0] ? ctx.errmsg : "operation failed");
+        _exit(0);
+    }
+    wire = result ? tree_encode(&ins_libc_alloc, result, &wire_len) : NULL;
+    if (!wire || wire_len > UINT32_MAX) {
+        report_error(sock, INS_ENOMEM, "result too large");
+        _exit(0);
+    }
+    send_frame(sock, MSG_RESULT, wire, (uint32_t)wire_len, -1);
+    _exit(0);
+}
+
+/* ---- the host side ---- */
+
+static void answer_ref(int sock, const uint8_t *payload, uint32_t len,
+                       worker_ref_fn ref_fn, void *ref_opaque)
+{
+    struct worker_ref_request req;
+    char errbuf[900];
+    uint8_t reply[4 + sizeof(errbuf)];
+    const char *base, *name;
+    uint32_t kind;
+    int err = INS_EREFUSED, fd = -1;
+    int32_t code;
+    size_t mlen;
+
+    errbuf[0] = '\0';
+    /* Validate: u32 kind, then exactly two NUL-terminated strings. */
+    if (len < 6 || payload[len - 1] != '\0') {
+        snprintf(errbuf, sizeof(errbuf), "malformed request");
+        goto refuse;
+    }
+    memcpy(&kind, payload, 4);
+    base = (const char *)payload + 4;
+    name = memchr(base, '\0', len - 4);
+    if (!name || kind > INS_REF_PARENT) {
+        snprintf(errbuf, sizeof(errbuf), "malformed request");
+        goto refuse;
+    }
+    name++;
+    if ((const uint8_t *)name >= payload + len ||
+        strlen(name) != (size_t)(payload + len - 1 - (const uint8_t *)name)) {
+        snprintf(errbuf, sizeof(errbuf), "malformed request");
+        goto refuse;
+    }
+    req.kind = (enum ins_ref_kind)kind;
+    req.base = base;
+    req.name = name;
+    if (ref_fn)
+        fd = ref_fn(ref_opaque, &req, &err, errbuf, sizeof(errbuf));
+    else
+        snprintf(errbuf, sizeof(errbuf), "references are not allowed here");
+    if (fd >= 0) {
+        send_frame(sock, MSG_FD, NULL, 0, fd);
+        close(fd);
+        return;
+    }
+refuse:
+    code = err;
+    mlen = strnlen(errbuf, sizeof(errbuf) - 1);
+    memcpy(reply, &code, 4);
+    memcpy(reply + 4, errbuf, mlen);
+    send_frame(sock, MSG_REFUSED, reply, (uint32_t)(4 + mlen), -1);
+}
+
+/* Keeps a message to one printable line. */
+static void sanitize_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = ' ';
+}
+
+static void describe_death(int status, const struct worker_limits *lim,
+                           struct worker_result *res)
+{
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+
+        if (sig == SIGSYS)
+            snprintf(res->errmsg, sizeof(res->errmsg),
+                     "the sandboxed worker was stopped by the seccomp filter "
+                     "(it attempted a forbidden system call)");
+        else if (sig == SIGXCPU || (sig == SIGKILL && lim->cpu_seconds))
+            snprintf(res->errmsg, sizeof(res->errmsg),
+                     "the sandboxed worker hit the CPU time limit (%llu s) "
+                     "or was killed", (unsigned long long)lim->cpu_seconds);
+        else
+            snprintf(res->errmsg, sizeof(res->errmsg),
+                     "the sandboxed worker died with signal %d (%s)", sig,
+                     sig == SIGSEGV || sig == SIGABRT || sig == SIGBUS
+                         ? "possibly out of memory: limit " : "");
+        if ((sig == SIGSEGV || sig == SIGABRT || sig == SIGBUS) &&
+            lim->memory_bytes)
+            snprintf(res->errmsg, sizeof(res->errmsg),
+                     "the sandboxed worker died with signal %d (it may have "
+                     "exceeded the memory limit of %llu MiB)", sig,
+                     (unsigned long long)(lim->memory_bytes >> 20));
+    } else if (WIFEXITED(status) && WEXITSTATUS(status) >= 120 &&
+               WEXITSTATUS(status) <= 122) {
+        snprintf(res->errmsg, sizeof(res->errmsg),
+                 "could not set up the sandbox (step %d)",
+                 WEXITSTATUS(status) - 120);
+    } else {
+        snprintf(res->errmsg, sizeof(res->errmsg),
+                 "the sandboxed worker exited without an answer");
+    }
+}
+
+static int wait_readable(int sock, int timeout_ms)
+{
+    struct pollfd p = { sock, POLLIN, 0 };
+    int rc;
+
+    do {
+        rc = poll(&p, 1, timeout_ms);
+    } while (rc < 0 && errno == EINTR);
+    return rc;
+}
+
+int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
+               worker_job_fn fn, void *job, const int *fds, size_t nfds,
+               worker_ref_fn ref_fn, void *ref_opaque,
+               struct worker_result *res)
+{
+    uint64_t max_out = lim->output_bytes ? lim->output_bytes : DEFAULT_MAX_OUTPUT;
+    /* A wall-clock bound too, for a worker that blocks rather than spins. */
+    int timeout_ms = lim->cpu_seconds && !lim->no_sandbox
+                         ? (int)(lim->cpu_seconds * 2000 + 10000) : -1;
+    int sv[2], status = 0, answered = 0, fd_tmp;
+    uint8_t *payload = NULL;
+    pid_t pid;
+
+    memset(res, 0, sizeof(*res));
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        snprintf(res->errmsg, sizeof(res->errmsg), "socketpair: %s", strerror(errno));
+        res->sandbox_failure = 1;
+        return -1;
+    }
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0) {
+        snprintf(res->errmsg, sizeof(res->errmsg), "fork: %s", strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        res->sandbox_failure = 1;
+        return -1;
+    }
+    if (pid == 0) {
+        int local[64];
+        size_t i;
+
+        close(sv[0]);
+        for (i = 0; i < nfds && i < 64; i++)
+            local[i] = fds[i];
+        worker_main(lim, ctx_flags, fn, job, sv[1], local, nfds);
+        _exit(0);
+    }
+    close(sv[1]);
+
+    while (!answered) {
+        uint32_t hdr[2];
+
+        if (wait_readable(sv[0], timeout_ms) == 0) {
+            kill(pid, SIGKILL);
+            snprintf(res->errmsg, sizeof(res->errmsg),
+                     "the sandboxed worker did not answer in time");
+            break;
+        }
+        if (recv_header(sv[0], hdr, &fd_tmp) < 0)
+            break;
+        if (fd_tmp >= 0)
+            close(fd_tmp);      /* the worker has no business sending fds */
+        if (hdr[1] > max_out) {
+            snprintf(res->errmsg, sizeof(res->errmsg),
+                     "the worker's answer exceeds the output limit (%llu bytes)",
+                     (unsigned long long)max_out);
+            kill(pid, SIGKILL);
+            break;
+        }
+        payload = malloc(hdr[1] ? hdr[1] : 1);
+        if (!payload || read_all(sv[0], payload, hdr[1]) < 0) {
+            free(payload);
+            payload = NULL;
+            break;
+        }
+        switch (hdr[0]) {
+        case MSG_OPEN_REF:
+            answer_ref(sv[0], payload, hdr[1], ref_fn, ref_opaque);
+            break;
+        case MSG_RESULT:
+            res->tree = tree_decode(&ins_libc_alloc, payload, hdr[1]);
+            if (res->tree) {
+                res->status = INS_OK;
+                answered = 1;
+            } else {
+                snprintf(res->errmsg, sizeof(res->errmsg),
+                         "the worker's answer was malformed");
+                kill(pid, SIGKILL);
+                answered = -1;
+            }
+            break;
+        case MSG_ERROR: {
+            int32_t code = INS_EINVAL;
+            size_t mlen = hdr[1] >= 4 ? hdr[1] - 4 : 0;
+
+            if (hdr[1] >= 4)
+                memcpy(&code, payload, 4);
+            if (code >= 0 || code < INS_EFBIG)
+                code = INS_EINVAL;
+            if (mlen > sizeof(res->errmsg) - 1)
+                mlen = sizeof(res->errmsg) - 1;
+            memcpy(res->errmsg, payload + (hdr[1] >= 4 ? 4 : 0), mlen);
+            res->errmsg[mlen] = '\0';
+            sanitize_line(res->errmsg);
+            res->status = code;
+            answered = 1;
+            break;
+        }
+        default:
+            snprintf(res->errmsg, sizeof(res->errmsg),
+                     "the worker sent an unknown message");
+            kill(pid, SIGKILL);
+            answered = -1;
+        }
+        free(payload);
+        payload = NULL;
+    }
+    close(sv[0]);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (answered == 1)
+        return 0;
+    if (!res->errmsg[0])
+        describe_death(status, lim, res);
+    if (res->tree) {
+        tree_free(&ins_libc_alloc, res->tree);
+        res->tree = NULL;
+    }
+    res->status = INS_EIO;
+    res->sandbox_failure = 1;
+    return -1;
+}

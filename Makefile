@@ -18,7 +18,9 @@ CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 LDFLAGS += -fsanitize=address,undefined
 endif
 
-BUILD   := build
+BUILD   ?= build
+# Debian's python3 has python3-pytest; a python3 earlier on PATH may not.
+PYTHON  ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 COMMON  := $(wildcard src/common/*.c)
 ENGINE  := $(wildcard src/engine/*.c)
 WORKER  := $(wildcard src/worker/*.c)
@@ -55,7 +57,7 @@ unit: $(UNITBIN)
 	@set -e; for t in $(UNITBIN); do echo "== $$t"; $$t; done
 
 integration: instar
-	python3 -m pytest -q tests/integration
+	$(PYTHON) -m pytest -q tests/integration
 
 check: deps
 	$(MAKE) instar

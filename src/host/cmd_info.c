@@ -154,7 +154,10 @@ int cmd_info(struct options *o, int argc, char **argv)
                     "arbitrary files and protocols; pass a file name");
             return 1;
         case ':':
-            if (profile_at_least(&o->prof, 9, 0))
+            if (profile_at_least(&o->prof, 9, 0) && optopt)
+                fprintf(stderr, "%s info: option requires an argument -- '%c'\n",
+                        o->argv0, optopt);
+            else if (profile_at_least(&o->prof, 9, 0))
                 fprintf(stderr, "%s info: option '%s' requires an argument\n",
                         o->argv0, argv[optind - 1]);
             else
@@ -162,7 +165,10 @@ int cmd_info(struct options *o, int argc, char **argv)
             usage_hint(o, "info");
             return 1;
         default:
-            if (profile_at_least(&o->prof, 9, 0))
+            if (profile_at_least(&o->prof, 9, 0) && optopt)
+                fprintf(stderr, "%s info: invalid option -- '%c'\n", o->argv0,
+                        optopt);
+            else if (profile_at_least(&o->prof, 9, 0))
                 fprintf(stderr, "%s info: unrecognized option '%s'\n", o->argv0,
                         argv[optind - 1]);
             else

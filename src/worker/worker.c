@@ -323,10 +323,10 @@ static int install_seccomp(void)
     /* fcntl for F_GETFL/F_GETFD only. */
     if (rc == 0)
         rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
-                              SCMP_A1(SCMP_CMP_EQ, F_GETFL));
+                              SCMP_A1(SCMP_CMP_EQ, F_GETFL, 0));
     if (rc == 0)
         rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
-                              SCMP_A1(SCMP_CMP_EQ, F_GETFD));
+                              SCMP_A1(SCMP_CMP_EQ, F_GETFD, 0));
     /* abort() signals itself. */
     if (rc == 0)
         rc = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 0);

@@ -18,15 +18,18 @@ static uint64_t round_up_sector(uint64_t n)
 
 /* The protocol ("file") node qemu puts under every format node. */
 static struct tree *file_node_info(struct tree_builder *tb,
-                                   struct ins_bdev *bd)
+                                   struct ins_bdev *bd, int exact)
 {
     struct tree *d = tree_new_dict(tb), *spec;
 
     tree_put_str(tb, d, "filename", bd->name ? bd->name : "");
     tree_put_str(tb, d, "format", "file");
     tree_put_bool(tb, d, "dirty-flag", 0);
-    tree_put_int(tb, d, "actual-size", (int64_t)bd->allocated);
-    tree_put_int(tb, d, "virtual-size", (int64_t)round_up_sector(bd->size));
+    /* qemu reports blocks allocated and a sector-rounded length;
+     * --ignore-quirks reports the file's exact length for both. */
+    tree_put_int(tb, d, "actual-size", (int64_t)(exact ? bd->size : bd->allocated));
+    tree_put_int(tb, d, "virtual-size",
+                 (int64_t)(exact ? bd->size : round_up_sector(bd->size)));
     spec = tree_put_dict(tb, d, "format-specific");
     tree_put_str(tb, spec, "type", "file");
     tree_put_dict(tb, spec, "data");
@@ -73,7 +76,7 @@ static void free_info(struct ins_ctx *ctx, struct ins_info *info)
         ins_free(ctx, info->children[i].name);
 }
 
-static int64_t sum_allocated(const struct ins_info *info)
+static int64_t sum_allocated(const struct ins_info *info, int exact)
 {
     uint64_t sum = 0;
     size_t i, j;
@@ -84,7 +87,7 @@ static int64_t sum_allocated(const struct ins_info *info)
         for (j = 0; j < i; j++)
             if (info->children[j].bdev == bd)
                 break;
-        if (j == i && ins_add_overflow(sum, bd->allocated, &sum))
+        if (j == i && ins_add_overflow(sum, exact ? bd->size : bd->allocated, &sum))
             sum = INT64_MAX;
     }
     return sum > INT64_MAX ? INT64_MAX : (int64_t)sum;
@@ -98,6 +101,7 @@ int ins_op_info(struct ins_ctx *ctx, struct ins_bdev *file,
     struct ins_info info;
     struct ins_image *img = NULL;
     struct tree *d, *children;
+    int exact = (ctx->flags & INS_F_IGNORE_QUIRKS) != 0;
     size_t i;
     int rc;
 
@@ -124,7 +128,8 @@ int ins_op_info(struct ins_ctx *ctx, struct ins_bdev *file,
     if (info.has_dirty_flag)
         tree_put_bool(tb, d, "dirty-flag", info.dirty_flag);
     tree_put_int(tb, d, "actual-size",
-                 info.has_actual_size ? info.actual_size : sum_allocated(&info));
+                 info.has_actual_size && !exact ? info.actual_size
+                                                : sum_allocated(&info, exact));
     tree_put_int(tb, d, "virtual-size", (int64_t)info.virtual_size);
     if (info.has_cluster_size)
         tree_put_int(tb, d, "cluster-size", info.cluster_size);
@@ -156,7 +161,7 @@ int ins_op_info(struct ins_ctx *ctx, struct ins_bdev *file,
         struct tree *c = tree_append(tb, children, tree_new_dict(tb));
 
         tree_put_str(tb, c, "name", info.children[i].name);
-        tree_put(tb, c, "info", file_node_info(tb, info.children[i].bdev));
+        tree_put(tb, c, "info", file_node_info(tb, info.children[i].bdev, exact));
     }
     if (tb->failed) {
         rc = ins_error(ctx, INS_ENOMEM, "Out of memory");

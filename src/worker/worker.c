@@ -367,17 +367,10 @@ static int keep_only(int *sock, int *fds, size_t nfds)
     *sock = 3;
     for (i = 0; i < nfds; i++)
         fds[i] = 4 + (int)i;
-    /* close_range(2) from 4+nfds up. */
-    for (i = 4 + nfds; i < 1000 + 64 + 1; i++)
-        close((int)i);
-    {
-        struct rlimit rl;
-        int fd;
-
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536)
-            for (fd = 1000 + 64 + 1; fd < (int)rl.rlim_cur; fd++)
-                close(fd);
-    }
+    /* Everything above the kept descriptors goes, including the copies
+     * made above. */
+    if (close_range(4 + (unsigned)nfds, ~0U, 0) < 0)
+        return -1;      /* fail closed rather than leak a descriptor */
     return 0;
 }
 
@@ -524,40 +517,35 @@ static void sanitize_line(char *s)
             *s = ' ';
 }
 
-static void describe_death(int status, const struct worker_limits *lim,
+static void describe_death(int status, const struct rusage *ru,
+                           const struct worker_limits *lim,
                            struct worker_result *res)
 {
-    if (WIFSIGNALED(status)) {
-        int sig = WTERMSIG(status);
+    uint64_t cpu = (uint64_t)ru->ru_utime.tv_sec + (uint64_t)ru->ru_stime.tv_sec;
+    char *msg = res->errmsg;
+    size_t len = sizeof(res->errmsg);
+    int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
 
-        if (sig == SIGSYS)
-            snprintf(res->errmsg, sizeof(res->errmsg),
-                     "the sandboxed worker was stopped by the seccomp filter "
-                     "(it attempted a forbidden system call)");
-        else if (sig == SIGXCPU || (sig == SIGKILL && lim->cpu_seconds))
-            snprintf(res->errmsg, sizeof(res->errmsg),
-                     "the sandboxed worker hit the CPU time limit (%llu s) "
-                     "or was killed", (unsigned long long)lim->cpu_seconds);
-        else
-            snprintf(res->errmsg, sizeof(res->errmsg),
-                     "the sandboxed worker died with signal %d (%s)", sig,
-                     sig == SIGSEGV || sig == SIGABRT || sig == SIGBUS
-                         ? "possibly out of memory: limit " : "");
-        if ((sig == SIGSEGV || sig == SIGABRT || sig == SIGBUS) &&
-            lim->memory_bytes)
-            snprintf(res->errmsg, sizeof(res->errmsg),
-                     "the sandboxed worker died with signal %d (it may have "
-                     "exceeded the memory limit of %llu MiB)", sig,
-                     (unsigned long long)(lim->memory_bytes >> 20));
-    } else if (WIFEXITED(status) && WEXITSTATUS(status) >= 120 &&
-               WEXITSTATUS(status) <= 122) {
-        snprintf(res->errmsg, sizeof(res->errmsg),
-                 "could not set up the sandbox (step %d)",
+    if (sig == SIGSYS)
+        snprintf(msg, len, "the sandboxed worker was stopped by the seccomp "
+                 "filter (it attempted a forbidden system call)");
+    else if (sig == SIGXCPU ||
+             (sig == SIGKILL && lim->cpu_seconds && cpu >= lim->cpu_seconds))
+        snprintf(msg, len, "the sandboxed worker hit the CPU time limit of "
+                 "%llu s", (unsigned long long)lim->cpu_seconds);
+    else if ((sig == SIGSEGV || sig == SIGABRT || sig == SIGBUS) &&
+             lim->memory_bytes)
+        snprintf(msg, len, "the sandboxed worker died with signal %d (it may "
+                 "have exceeded the memory limit of %llu MiB)", sig,
+                 (unsigned long long)(lim->memory_bytes >> 20));
+    else if (sig)
+        snprintf(msg, len, "the sandboxed worker died with signal %d", sig);
+    else if (WIFEXITED(status) && WEXITSTATUS(status) >= 120 &&
+             WEXITSTATUS(status) <= 122)
+        snprintf(msg, len, "could not set up the sandbox (step %d)",
                  WEXITSTATUS(status) - 120);
-    } else {
-        snprintf(res->errmsg, sizeof(res->errmsg),
-                 "the sandboxed worker exited without an answer");
-    }
+    else
+        snprintf(msg, len, "the sandboxed worker exited without an answer");
 }
 
 static int wait_readable(int sock, int timeout_ms)
@@ -582,6 +570,7 @@ int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
                          ? (int)(lim->cpu_seconds * 2000 + 10000) : -1;
     int sv[2], status = 0, answered = 0, fd_tmp;
     uint8_t *payload = NULL;
+    struct rusage ru;
     pid_t pid;
 
     memset(res, 0, sizeof(*res));
@@ -680,12 +669,13 @@ int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
         payload = NULL;
     }
     close(sv[0]);
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+    memset(&ru, 0, sizeof(ru));
+    while (wait4(pid, &status, 0, &ru) < 0 && errno == EINTR)
         ;
     if (answered == 1)
         return 0;
     if (!res->errmsg[0])
-        describe_death(status, lim, res);
+        describe_death(status, &ru, lim, res);
     if (res->tree) {
         tree_free(&ins_libc_alloc, res->tree);
         res->tree = NULL;

@@ -44,6 +44,13 @@ struct ins_bdev {
     uint64_t size;          /* length of the file in bytes */
     uint64_t allocated;     /* bytes the filesystem allocated (st_blocks*512) */
     const char *name;       /* the name it was opened by (for info output) */
+    /*
+     * Optional: finds the next data (hole == 0) or hole (hole == 1) at or
+     * after offset, as lseek(SEEK_DATA/SEEK_HOLE).  Returns 0 with *out
+     * set, INS_ENOENT when there is no more data, or another INS_E*.
+     * NULL when the file cannot tell (treat everything as data).
+     */
+    int (*seek)(void *opaque, uint64_t offset, int hole, uint64_t *out);
 };
 
 /* Exactly len bytes at offset; INS_EIO if the file ends first. */
@@ -191,6 +198,26 @@ struct ins_image {
     const struct ins_driver *drv;
     struct ins_ctx *ctx;
     struct ins_bdev *file;
+    uint64_t virtual_size;          /* set by the driver's open */
+    /* Set by the read layer (read.c), not by drivers: */
+    struct ins_image *backing;      /* opened backing image, or NULL */
+    int backing_depth;
+};
+
+/* ---- reading guest content ---- */
+
+/* Block status flags, after qemu's BDRV_BLOCK_*. */
+#define INS_BS_DATA        0x01     /* content comes from a file */
+#define INS_BS_ZERO        0x02     /* reads as zeros */
+#define INS_BS_ALLOCATED   0x04     /* this layer defines it (not the backing) */
+#define INS_BS_OFFSET      0x08     /* host/host_offset are valid */
+#define INS_BS_COMPRESSED  0x10
+
+struct ins_extent {
+    uint64_t length;                /* bytes from the queried offset */
+    unsigned flags;                 /* INS_BS_* */
+    uint64_t host_offset;           /* with INS_BS_OFFSET */
+    struct ins_bdev *host;          /* file holding host_offset */
 };
 
 /* Open flags. */
@@ -218,6 +245,21 @@ struct ins_driver {
     int (*info)(struct ins_image *img, struct tree_builder *tb,
                 struct ins_info *info);
     void (*close)(struct ins_image *img);
+    /*
+     * The read layer (optional until a driver supports reading).
+     * block_status describes the run of guest bytes starting at offset
+     * (at most max_len, at least one byte) that share one status; a run
+     * without INS_BS_ALLOCATED reads from the backing image, or as zeros
+     * without one.  read fills buf from a range block_status reported as
+     * allocated.  backing returns the stored backing reference (name and
+     * declared format, either may be NULL) for the read layer to open.
+     */
+    int (*block_status)(struct ins_image *img, uint64_t offset,
+                        uint64_t max_len, struct ins_extent *ext);
+    int (*read)(struct ins_image *img, void *buf, size_t len,
+                uint64_t offset);
+    int (*backing)(struct ins_image *img, const char **name,
+                   const char **format);
 };
 
 #define INS_PROBE_LEN 2048
@@ -267,6 +309,34 @@ int ins_op_info(struct ins_ctx *ctx, struct ins_bdev *file,
                 const char *filename, const struct ins_driver *drv,
                 unsigned open_flags, struct tree_builder *tb,
                 struct tree **out);
+
+/*
+ * Chooses the driver for bd: `format` when given (a format `declared` by
+ * another image may not make unknown bytes raw), else detection with the
+ * safe rules above.
+ */
+int ins_select_driver(struct ins_ctx *ctx, struct ins_bdev *bd,
+                      const char *format, int declared,
+                      const struct ins_driver **drv);
+
+/*
+ * Opens an image for reading; with open_backing, its backing chain too
+ * (each file through ctx->open_ref).  Close with ins_image_close.
+ */
+int ins_image_open(struct ins_ctx *ctx, struct ins_bdev *file,
+                   const struct ins_driver *drv, unsigned flags,
+                   int open_backing, struct ins_image **out);
+void ins_image_close(struct ins_image *img);
+
+/* Guest bytes through the chain; unallocated ranges read as zeros. */
+int ins_image_read(struct ins_image *img, void *buf, size_t len,
+                   uint64_t offset);
+
+/* Status of the run at offset through the chain; *depth is the layer
+ * that defines it (0 = top). */
+int ins_image_block_status(struct ins_image *img, uint64_t offset,
+                           uint64_t max_len, struct ins_extent *ext,
+                           int *depth);
 
 /* qemu's path_combine(): resolve name relative to base's directory. */
 char *ins_path_combine(struct ins_ctx *ctx, const char *base,

@@ -55,39 +55,9 @@ int job_open_driver(struct ins_ctx *ctx, const struct image_job *job,
                     int fd, struct ins_bdev *bd,
                     const struct ins_driver **drv)
 {
-    struct ins_detect det;
     int rc = worker_bdev_init(bd, fd, job->filename);
 
     if (rc < 0)
         return ins_error(ctx, rc, "Could not read '%s'", job->filename);
-    if (job->format && !job->format_declared) {
-        *drv = ins_find_driver(job->format);
-        if (!*drv)
-            return ins_error(ctx, INS_EINVAL, "Unknown driver '%s'", job->format);
-        return INS_OK;
-    }
-    rc = ins_detect(ctx, bd, &det);
-    if (rc < 0)
-        return rc;
-    if (job->format) {
-        /* A format named inside an image is a claim, not an order: an
-         * image may not make instar read unknown bytes as a raw disk. */
-        *drv = ins_find_driver(job->format);
-        if (!*drv)
-            return ins_error(ctx, INS_EINVAL, "Unknown driver '%s'", job->format);
-        if (*drv == &ins_drv_raw && !(ctx->flags & INS_F_UNSAFE_QUIRKS) &&
-            !det.has_partition_table && det.drv != &ins_drv_raw)
-            return ins_error(ctx, INS_EREFUSED,
-                             "refusing to read '%s' as raw: the image that names it "
-                             "says raw, but it has no MBR or GPT partition table "
-                             "(use --unsafe-quirks to allow)", job->filename);
-        return INS_OK;
-    }
-    if (!det.drv)
-        return ins_error(ctx, INS_EREFUSED,
-                         "not a recognised disk image: no known format header "
-                         "and no MBR or GPT partition table (use -f raw to read "
-                         "it as raw, or --unsafe-quirks for qemu-img's behaviour)");
-    *drv = det.drv;
-    return INS_OK;
+    return ins_select_driver(ctx, bd, job->format, job->format_declared, drv);
 }

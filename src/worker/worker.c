@@ -168,6 +168,20 @@ static int64_t fd_pread(void *opaque, void *buf, size_t len, uint64_t offset)
     return (int64_t)done;
 }
 
+static int fd_seek(void *opaque, uint64_t offset, int hole, uint64_t *out)
+{
+    struct fd_bdev *f = opaque;
+    off_t r;
+
+    if (offset > INT64_MAX)
+        return INS_EINVAL;
+    r = lseek(f->fd, (off_t)offset, hole ? SEEK_HOLE : SEEK_DATA);
+    if (r < 0)
+        return errno == ENXIO ? INS_ENOENT : INS_EIO;
+    *out = (uint64_t)r;
+    return INS_OK;
+}
+
 int worker_bdev_init(struct ins_bdev *bd, int fd, const char *name)
 {
     struct fd_bdev *f = malloc(sizeof(*f));
@@ -191,6 +205,7 @@ int worker_bdev_init(struct ins_bdev *bd, int fd, const char *name)
     }
     bd->allocated = (uint64_t)st.st_blocks * 512;
     bd->name = name;
+    bd->seek = S_ISREG(st.st_mode) ? fd_seek : NULL;
     return INS_OK;
 }
 

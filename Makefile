@@ -4,7 +4,6 @@
 #   make demo       install missing packages, build, run instar info on a fresh image
 #   make check      install missing packages, build, run every test
 #   make SANITIZE=1 build with AddressSanitizer and UBSan
-#   make fuzz       build the libFuzzer targets (clang)
 
 CC      ?= cc
 CSTD    := -std=c17
@@ -14,7 +13,7 @@ CFLAGS  += $(CSTD) $(WARN) $(OPT) -D_GNU_SOURCE -MMD -MP
 LDLIBS  += -lseccomp -lzstd -lz -lm -lpthread
 
 ifeq ($(SANITIZE),1)
-CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -DINSTAR_SANITIZE
 LDFLAGS += -fsanitize=address,undefined
 endif
 
@@ -30,7 +29,7 @@ LIBOBJ  := $(LIBSRC:%.c=$(BUILD)/%.o)
 UNITSRC := $(wildcard tests/unit/*.c)
 UNITBIN := $(UNITSRC:tests/unit/%.c=$(BUILD)/unit/%)
 
-.PHONY: all demo check unit integration deps clean fuzz bench
+.PHONY: all demo check unit integration deps clean bench
 
 all: instar
 
@@ -63,9 +62,6 @@ check: deps
 	$(MAKE) instar
 	$(MAKE) unit
 	$(MAKE) integration
-
-fuzz:
-	$(MAKE) -C fuzz
 
 bench: instar
 	sh bench/run.sh

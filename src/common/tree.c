@@ -513,14 +513,22 @@ static struct tree *decode_node(struct inbuf *in, struct tree_builder *tb,
     case TREE_DICT:
     case TREE_LIST:
         count = in_u32(in);
-        /* Every node takes at least two bytes: a cheap bound on count. */
-        if (count > in->left / 2)
+        /* Every node takes at least two bytes: a cheap bound on count.
+         * Dicts are small records; a bound keeps the duplicate-key check
+         * below cheap. */
+        if (count > in->left / 2 ||
+            (t->type == TREE_DICT && count > TREE_MAX_DICT))
             in->failed = 1;
         for (i = 0; i < count && !in->failed; i++) {
             struct tree *k = decode_node(in, tb, t->type == TREE_DICT,
                                          depth + 1);
             if (!k)
                 break;
+            if (t->type == TREE_DICT && tree_get(t, k->key)) {
+                tree_free(tb->alloc, k);
+                in->failed = 1;
+                break;
+            }
             link_child(t, k);
         }
         break;

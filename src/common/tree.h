@@ -114,6 +114,7 @@ uint8_t *tree_encode(struct ins_alloc *alloc, const struct tree *t,
 
 #define TREE_MAX_DEPTH 32
 #define TREE_MAX_NODES 1000000
+#define TREE_MAX_DICT 4096
 struct tree *tree_decode(struct ins_alloc *alloc, const uint8_t *buf,
                          size_t len);
 

@@ -65,7 +65,7 @@ static struct tree *info_one(struct options *o, struct policy *pol,
                              int declared)
 {
     struct info_job job;
-    struct ref_state rs = { o, pol };
+    struct ref_state rs = { o, pol, 0 };
     struct worker_result res;
 
     job.image.filename = filename;

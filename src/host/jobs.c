@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -47,6 +48,16 @@ int host_ref_open(void *opaque, const struct worker_ref_request *req, int *err,
 {
     struct ref_state *rs = opaque;
 
+    if (req->kind == INS_REF_BACKING || req->kind == INS_REF_PARENT) {
+        /* The chain includes the image itself. */
+        if (++rs->links >= rs->policy->max_depth) {
+            *err = INS_EREFUSED;
+            snprintf(errbuf, errlen, "%s '%s' refused: backing chain is deeper "
+                     "than the limit of %d images (see --max-depth)",
+                     ref_what(req->kind), req->name, rs->policy->max_depth);
+            return -1;
+        }
+    }
     return policy_open_ref(rs->policy, ref_what(req->kind), req->base,
                            req->name, err, errbuf, errlen);
 }

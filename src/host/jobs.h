@@ -27,6 +27,7 @@ int job_open_driver(struct ins_ctx *ctx, const struct image_job *job,
 struct ref_state {
     const struct options *opts;
     struct policy *policy;
+    int links;                  /* backing/parent files opened so far */
 };
 int host_ref_open(void *opaque, const struct worker_ref_request *req, int *err,
                   char *errbuf, size_t errlen);

@@ -163,8 +163,12 @@ static int read_config(struct options *o)
     if (!path)
         path = "/etc/instar/instar.conf";
     f = fopen(path, "r");
-    if (!f)
-        return getenv("INSTAR_CONFIG") && errno != ENOENT ? -1 : 0;
+    if (!f) {
+        if (errno == ENOENT)
+            return 0;
+        die_msg(o, "cannot read config file '%s': %s", path, strerror(errno));
+        return -1;
+    }
     while (fgets(line, sizeof(line), f)) {
         char *hash = strchr(line, '#'), *eq, *key, *val;
 
@@ -313,7 +317,8 @@ int options_policy(const struct options *o, struct policy *p, const char *image)
         return -1;
     for (i = 0; i < o->n_allow_paths; i++) {
         if (policy_allow_dir(p, o->allow_paths[i]) < 0) {
-            die_msg(o, "--allow-path '%s': no such directory", o->allow_paths[i]);
+            die_msg(o, "--allow-path '%s': not a directory, or more than %d "
+                    "allowed directories", o->allow_paths[i], POLICY_MAX_DIRS - 1);
             return -1;
         }
     }

@@ -83,6 +83,18 @@ static void test_hostile_wire(void)
     uint8_t deep[5 * (TREE_MAX_DEPTH + 2) + 1];
     size_t i;
 
+    /* A dict with the same key twice. */
+    uint8_t dup[] = { TREE_DICT, 2, 0, 0, 0,
+                      TREE_BOOL, 1, 0, 0, 0, 'k', 1,
+                      TREE_BOOL, 1, 0, 0, 0, 'k', 0 };
+
+    CHECK(tree_decode(&ins_libc_alloc, dup, sizeof(dup)) == NULL);
+    dup[17] = 'j';
+    {
+        struct tree *ok = tree_decode(&ins_libc_alloc, dup, sizeof(dup));
+        CHECK(ok != NULL);
+        tree_free(&ins_libc_alloc, ok);
+    }
     CHECK(tree_decode(&ins_libc_alloc, huge, sizeof(huge)) == NULL);
     CHECK(tree_decode(&ins_libc_alloc, nul, sizeof(nul)) == NULL);
     CHECK(tree_decode(&ins_libc_alloc, badbool, sizeof(badbool)) == NULL);

@@ -89,6 +89,12 @@ struct ins_ctx {
                     const char *base, const char *name,
                     struct ins_bdev **out);
     void *ref_opaque;
+    /*
+     * Sends part of a result ahead of the end (map entries, progress), so
+     * that output streams and memory stays bounded.  NULL when the caller
+     * wants no partial results.
+     */
+    int (*emit)(struct ins_ctx *ctx, const struct tree *part);
     /* A one-line error message (qemu-img's wording where qemu-img fails). */
     char errmsg[1024];
 };
@@ -206,18 +212,32 @@ struct ins_image {
 
 /* ---- reading guest content ---- */
 
-/* Block status flags, after qemu's BDRV_BLOCK_*. */
-#define INS_BS_DATA        0x01     /* content comes from a file */
-#define INS_BS_ZERO        0x02     /* reads as zeros */
-#define INS_BS_ALLOCATED   0x04     /* this layer defines it (not the backing) */
-#define INS_BS_OFFSET      0x08     /* host/host_offset are valid */
-#define INS_BS_COMPRESSED  0x10
+/*
+ * Block status bits, the same as qemu's BDRV_BLOCK_* so that map and
+ * compare can reproduce qemu-img exactly:
+ *   DATA          reads come from the file at map (maybe zeros anyway)
+ *   ZERO          reads as zeros
+ *   OFFSET_VALID  map and file are valid
+ *   RAW           (drivers only) ask the file's own status at map
+ *   ALLOCATED     this layer defines the content (set by the read layer)
+ *   EOF           the run reaches the end of the image
+ *   RECURSE       (drivers only) DATA whose zeroness the file can tell
+ *   COMPRESSED    the run is a compressed cluster
+ */
+#define INS_BS_DATA         0x01
+#define INS_BS_ZERO         0x02
+#define INS_BS_OFFSET_VALID 0x04
+#define INS_BS_RAW          0x08
+#define INS_BS_ALLOCATED    0x10
+#define INS_BS_EOF          0x20
+#define INS_BS_RECURSE      0x40
+#define INS_BS_COMPRESSED   0x80
 
-struct ins_extent {
-    uint64_t length;                /* bytes from the queried offset */
-    unsigned flags;                 /* INS_BS_* */
-    uint64_t host_offset;           /* with INS_BS_OFFSET */
-    struct ins_bdev *host;          /* file holding host_offset */
+/* The answer of a block status query. */
+struct ins_bstat {
+    uint64_t pnum;              /* bytes from the queried offset */
+    uint64_t map;               /* host offset, with OFFSET_VALID */
+    struct ins_bdev *file;      /* file holding map, with OFFSET_VALID */
 };
 
 /* Open flags. */
@@ -247,19 +267,31 @@ struct ins_driver {
     void (*close)(struct ins_image *img);
     /*
      * The read layer (optional until a driver supports reading).
-     * block_status describes the run of guest bytes starting at offset
-     * (at most max_len, at least one byte) that share one status; a run
-     * without INS_BS_ALLOCATED reads from the backing image, or as zeros
-     * without one.  read fills buf from a range block_status reported as
-     * allocated.  backing returns the stored backing reference (name and
-     * declared format, either may be NULL) for the read layer to open.
+     *
+     * block_status is qemu's bdrv_co_block_status for this layer alone:
+     * for guest bytes [offset, offset + bytes) (offset < virtual size,
+     * bytes > 0) it fills st->pnum (1 .. bytes, or more: the read layer
+     * clamps) with the length of the run that shares one status and
+     * returns INS_BS_* flags (DATA, ZERO, OFFSET_VALID with st->map and
+     * st->file, RAW, RECURSE, COMPRESSED), or a negative INS_E*.  Neither
+     * DATA nor ZERO means "not in this layer": the backing image decides.
+     *
+     * read fills buf with guest bytes of a range that block_status
+     * reported as DATA in this layer (never a range it left to the
+     * backing image, never past the virtual size).
+     *
+     * backing returns the stored backing reference (name and declared
+     * format, either may be NULL) for the read layer to open.
+     * supports_backing: unallocated ranges are the backing file's (qemu's
+     * flag of the same name); without a backing image they read as zeros.
      */
     int (*block_status)(struct ins_image *img, uint64_t offset,
-                        uint64_t max_len, struct ins_extent *ext);
+                        uint64_t bytes, struct ins_bstat *st);
     int (*read)(struct ins_image *img, void *buf, size_t len,
                 uint64_t offset);
     int (*backing)(struct ins_image *img, const char **name,
                    const char **format);
+    int supports_backing;
 };
 
 #define INS_PROBE_LEN 2048
@@ -332,11 +364,45 @@ void ins_image_close(struct ins_image *img);
 int ins_image_read(struct ins_image *img, void *buf, size_t len,
                    uint64_t offset);
 
-/* Status of the run at offset through the chain; *depth is the layer
- * that defines it (0 = top). */
-int ins_image_block_status(struct ins_image *img, uint64_t offset,
-                           uint64_t max_len, struct ins_extent *ext,
-                           int *depth);
+/* qemu's bdrv_block_status() for one layer: the driver's answer with the
+ * file's status folded in, ALLOCATED and EOF set.  Returns flags or INS_E*. */
+int ins_node_status(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                    struct ins_bstat *st);
+
+/* qemu's bdrv_block_status_above(img, NULL): through the whole chain;
+ * *depth (may be NULL) counts the layers asked. */
+int ins_status_above(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                     struct ins_bstat *st, int *depth);
+
+/* qemu's file-posix status of a file: DATA or ZERO (holes, and the tail
+ * past end of file up to the sector-rounded length), OFFSET_VALID. */
+int ins_file_status(struct ins_bdev *bd, uint64_t offset, uint64_t bytes,
+                    struct ins_bstat *st);
+
+/* A file's length as qemu's file node reports it: rounded up to 512. */
+uint64_t ins_file_length(const struct ins_bdev *bd);
+
+/*
+ * map: qemu-img map's entries for guest bytes [start, start + max_length)
+ * (max_length < 0: to the end), sent through ctx->emit in batches:
+ * {"files": [names...], "entries": [[start, length, depth, flags, offset,
+ * file index or -1], ...]} with flags 1 present, 2 zero, 4 data,
+ * 8 compressed, 16 has offset.  human applies qemu's human-format rules
+ * (only data entries, compressed clusters are an error);
+ * with_compressed makes compression part of merging (qemu 8.0 and later).
+ */
+int ins_op_map(struct ins_ctx *ctx, struct ins_image *img, uint64_t start,
+               int64_t max_length, int human, int with_compressed);
+
+/*
+ * compare: qemu-img compare of two open images.  Fills *out_text (stdout
+ * lines; the caller frees) and returns qemu-img's exit status (0 same,
+ * 1 different, 3 allocation error, 4 read error), or a negative INS_E*.
+ * On status 3 and 4 ctx->errmsg holds the error line.
+ */
+int ins_op_compare(struct ins_ctx *ctx, struct ins_image *img1,
+                   const char *name1, struct ins_image *img2,
+                   const char *name2, int strict, char **out_text);
 
 /* qemu's path_combine(): resolve name relative to base's directory. */
 char *ins_path_combine(struct ins_ctx *ctx, const char *base,

@@ -33,46 +33,15 @@ static int raw_info(struct ins_image *img, struct tree_builder *tb,
     return INS_OK;
 }
 
-/* Holes in the file read as zeros; the tail past end of file (up to the
- * sector-rounded size) does too. */
+/* Raw defers to the file: its holes read as zeros, and so does the tail
+ * past end of file up to the sector-rounded size. */
 static int raw_block_status(struct ins_image *img, uint64_t offset,
-                            uint64_t max_len, struct ins_extent *ext)
+                            uint64_t bytes, struct ins_bstat *st)
 {
-    struct ins_bdev *f = img->file;
-    uint64_t end = offset + max_len, next;
-    int rc;
-
-    ext->host = f;
-    ext->host_offset = offset;
-    if (offset >= f->size) {
-        ext->length = max_len;
-        ext->flags = INS_BS_ZERO | INS_BS_ALLOCATED | INS_BS_OFFSET;
-        return INS_OK;
-    }
-    if (end > f->size)
-        end = f->size;
-    if (!f->seek) {
-        ext->length = end - offset;
-        ext->flags = INS_BS_DATA | INS_BS_ALLOCATED | INS_BS_OFFSET;
-        return INS_OK;
-    }
-    rc = f->seek(f->opaque, offset, 0, &next);
-    if (rc == INS_ENOENT)
-        next = f->size;
-    else if (rc < 0)
-        return rc;
-    if (next > offset) {
-        /* A hole up to the next data. */
-        ext->length = (next < end ? next : end) - offset;
-        ext->flags = INS_BS_ZERO | INS_BS_ALLOCATED | INS_BS_OFFSET;
-        return INS_OK;
-    }
-    rc = f->seek(f->opaque, offset, 1, &next);
-    if (rc < 0 || next <= offset)
-        next = f->size;
-    ext->length = (next < end ? next : end) - offset;
-    ext->flags = INS_BS_DATA | INS_BS_ALLOCATED | INS_BS_OFFSET;
-    return INS_OK;
+    st->pnum = bytes;
+    st->map = offset;
+    st->file = img->file;
+    return INS_BS_RAW | INS_BS_OFFSET_VALID;
 }
 
 static int raw_read(struct ins_image *img, void *buf, size_t len,

@@ -116,34 +116,169 @@ fail:
     return rc;
 }
 
-int ins_image_block_status(struct ins_image *img, uint64_t offset,
-                           uint64_t max_len, struct ins_extent *ext,
-                           int *depth)
+uint64_t ins_file_length(const struct ins_bdev *bd)
 {
+    return bd->size > UINT64_MAX - 511 ? bd->size : (bd->size + 511) & ~(uint64_t)511;
+}
+
+int ins_file_status(struct ins_bdev *bd, uint64_t offset, uint64_t bytes,
+                    struct ins_bstat *st)
+{
+    uint64_t len = ins_file_length(bd), data, hole;
     int rc;
 
-    *depth = 0;
-    for (;;) {
-        if (offset >= img->virtual_size) {
-            /* Past the end of a (shorter) backing image: zeros. */
-            memset(ext, 0, sizeof(*ext));
-            ext->length = max_len;
-            ext->flags = INS_BS_ZERO;
-            return INS_OK;
-        }
-        if (max_len > img->virtual_size - offset)
-            max_len = img->virtual_size - offset;
-        rc = img->drv->block_status(img, offset, max_len, ext);
-        if (rc < 0)
-            return rc;
-        if (ext->length == 0 || ext->length > max_len)
-            return ins_error(img->ctx, INS_EIO, "driver returned a bad extent");
-        if ((ext->flags & INS_BS_ALLOCATED) || !img->backing)
-            return INS_OK;
-        max_len = ext->length;
-        img = img->backing;
-        (*depth)++;
+    st->map = offset;
+    st->file = bd;
+    if (offset >= len) {
+        st->pnum = 0;
+        return INS_BS_EOF;
     }
+    if (bytes > len - offset)
+        bytes = len - offset;
+    if (offset >= bd->size) {
+        /* The tail of the last sector, past end of file. */
+        st->pnum = bytes;
+        rc = INS_BS_ZERO;
+    } else if (!bd->seek) {
+        st->pnum = bytes;
+        rc = INS_BS_DATA;
+    } else if ((rc = bd->seek(bd->opaque, offset, 0, &data)) == INS_ENOENT) {
+        st->pnum = bytes;               /* a trailing hole */
+        rc = INS_BS_ZERO;
+    } else if (rc < 0) {
+        st->pnum = bytes;               /* no information: all data */
+        rc = INS_BS_DATA;
+    } else if (data == offset) {
+        rc = bd->seek(bd->opaque, offset, 1, &hole);
+        if (rc < 0 || hole <= offset)
+            hole = bd->size;
+        st->pnum = hole - offset;
+        rc = INS_BS_DATA;
+    } else {
+        st->pnum = data - offset;
+        rc = INS_BS_ZERO;
+    }
+    if (st->pnum > bytes)
+        st->pnum = bytes;
+    rc |= INS_BS_OFFSET_VALID | INS_BS_ALLOCATED;
+    if (offset + st->pnum == len)
+        rc |= INS_BS_EOF;
+    return rc;
+}
+
+int ins_node_status(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                    struct ins_bstat *st)
+{
+    uint64_t total = img->virtual_size;
+    int ret;
+
+    memset(st, 0, sizeof(*st));
+    if (offset >= total)
+        return INS_BS_EOF;
+    if (bytes == 0)
+        return 0;
+    if (bytes > total - offset)
+        bytes = total - offset;
+
+    ret = img->drv->block_status(img, offset, bytes, st);
+    if (ret < 0)
+        return ret;
+    if (st->pnum == 0)
+        return ins_error(img->ctx, INS_EIO, "%s driver returned an empty extent",
+                         img->drv->name);
+    if (st->pnum > bytes)
+        st->pnum = bytes;
+    if ((ret & INS_BS_OFFSET_VALID) && !st->file)
+        return ins_error(img->ctx, INS_EIO, "%s driver returned no file",
+                         img->drv->name);
+
+    if (ret & INS_BS_RAW) {
+        struct ins_bstat fs;
+
+        ret = ins_file_status(st->file, st->map, st->pnum, &fs);
+        if (ret < 0)
+            return ret;
+        if (fs.pnum == 0) {
+            /* Past the end of the file entirely: zeros. */
+            st->pnum = bytes;
+            ret = INS_BS_ZERO | INS_BS_ALLOCATED | INS_BS_OFFSET_VALID;
+        } else {
+            /* The file's answer, its EOF bit included, as qemu passes it up. */
+            st->pnum = fs.pnum;
+        }
+        goto out;
+    }
+
+    if (ret & (INS_BS_DATA | INS_BS_ZERO)) {
+        ret |= INS_BS_ALLOCATED;
+    } else if (img->drv->supports_backing) {
+        if (!img->backing)
+            ret |= INS_BS_ZERO;
+        else if (offset >= img->backing->virtual_size)
+            ret |= INS_BS_ZERO;
+    }
+
+    if ((ret & INS_BS_RECURSE) && (ret & INS_BS_DATA) && !(ret & INS_BS_ZERO) &&
+        (ret & INS_BS_OFFSET_VALID)) {
+        struct ins_bstat fs;
+        int r2 = ins_file_status(st->file, st->map, st->pnum, &fs);
+
+        /* Extra information only: errors are ignored, as qemu does. */
+        if (r2 >= 0) {
+            if ((r2 & INS_BS_EOF) && (fs.pnum == 0 || (r2 & INS_BS_ZERO))) {
+                ret |= INS_BS_ZERO;     /* reads past the file's end */
+            } else {
+                st->pnum = fs.pnum;
+                ret |= r2 & INS_BS_ZERO;
+            }
+        }
+    }
+    ret &= ~INS_BS_RECURSE;
+out:
+    if (offset + st->pnum == total)
+        ret |= INS_BS_EOF;
+    return ret;
+}
+
+int ins_status_above(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                     struct ins_bstat *st, int *depth)
+{
+    struct ins_image *p;
+    uint64_t eof = 0;
+    int dummy, ret;
+
+    if (!depth)
+        depth = &dummy;
+    *depth = 0;
+    ret = ins_node_status(img, offset, bytes, st);
+    ++*depth;
+    if (ret < 0 || st->pnum == 0 || (ret & INS_BS_ALLOCATED))
+        return ret;
+    if (ret & INS_BS_EOF)
+        eof = offset + st->pnum;
+    bytes = st->pnum;
+
+    for (p = img->backing; p; p = p->backing) {
+        ret = ins_node_status(p, offset, bytes, st);
+        ++*depth;
+        if (ret < 0)
+            return ret;
+        if (st->pnum == 0) {
+            /* The backing image is shorter: zeros, as if allocated here. */
+            st->pnum = bytes;
+            st->file = NULL;
+            ret = INS_BS_ZERO | INS_BS_ALLOCATED;
+            break;
+        }
+        if (ret & INS_BS_ALLOCATED) {
+            ret &= ~INS_BS_EOF;
+            break;
+        }
+        bytes = st->pnum;
+    }
+    if (offset + st->pnum == eof)
+        ret |= INS_BS_EOF;
+    return ret;
 }
 
 int ins_image_read(struct ins_image *img, void *buf, size_t len,
@@ -152,38 +287,32 @@ int ins_image_read(struct ins_image *img, void *buf, size_t len,
     uint8_t *p = buf;
 
     while (len > 0) {
-        struct ins_extent ext;
         struct ins_image *layer = img;
-        uint64_t off = offset;
+        struct ins_bstat st;
         size_t n;
-        int rc;
+        int ret;
 
         /* Find the layer that defines this run. */
         for (;;) {
-            if (off >= layer->virtual_size) {
-                ext.length = len;
-                ext.flags = INS_BS_ZERO | INS_BS_ALLOCATED;
+            if (offset >= layer->virtual_size) {
+                st.pnum = len;
+                ret = INS_BS_ZERO | INS_BS_ALLOCATED;
                 break;
             }
-            rc = layer->drv->block_status(layer, off,
-                                          len < layer->virtual_size - off
-                                              ? len : layer->virtual_size - off,
-                                          &ext);
-            if (rc < 0)
-                return rc;
-            if (ext.length == 0 || ext.length > len)
-                return ins_error(img->ctx, INS_EIO, "driver returned a bad extent");
-            if ((ext.flags & INS_BS_ALLOCATED) || !layer->backing)
+            ret = ins_node_status(layer, offset, len, &st);
+            if (ret < 0)
+                return ret;
+            if ((ret & INS_BS_ALLOCATED) || !layer->backing)
                 break;
             layer = layer->backing;
         }
-        n = (size_t)ext.length;
-        if ((ext.flags & INS_BS_ZERO) || !(ext.flags & INS_BS_ALLOCATED)) {
+        n = st.pnum < len ? (size_t)st.pnum : len;
+        if ((ret & INS_BS_ZERO) || !(ret & INS_BS_ALLOCATED)) {
             memset(p, 0, n);
         } else {
-            rc = layer->drv->read(layer, p, n, off);
-            if (rc < 0)
-                return rc;
+            ret = layer->drv->read(layer, p, n, offset);
+            if (ret < 0)
+                return ret;
         }
         p += n;
         offset += n;

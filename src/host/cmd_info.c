@@ -66,13 +66,14 @@ static struct tree *info_one(struct options *o, struct policy *pol,
 {
     struct info_job job;
     struct ref_state rs = { o, pol, 0 };
+    struct worker_hooks hooks = { host_ref_open, &rs, NULL, NULL };
     struct worker_result res;
 
     job.image.filename = filename;
     job.image.format = format;
     job.image.format_declared = declared;
     if (worker_run(&o->lim, o->ctx_flags, info_job_run, &job, &fd, 1,
-                   host_ref_open, &rs, &res) < 0) {
+                   &hooks, &res) < 0) {
         die_msg(o, "Could not open '%s': %s", filename, res.errmsg);
         return NULL;
     }
@@ -89,25 +90,6 @@ static struct tree *info_one(struct options *o, struct policy *pol,
     if (!profile_at_least(&o->prof, 8, 0))
         tree_free(&ins_libc_alloc, tree_take(res.tree, "children"));
     return res.tree;
-}
-
-static int output_arg(struct options *o, const char *arg, int *json)
-{
-    if (strcmp(arg, "json") == 0) {
-        *json = 1;
-        return 0;
-    }
-    if (strcmp(arg, "human") == 0) {
-        *json = 0;
-        return 0;
-    }
-    if (profile_at_least(&o->prof, 9, 0)) {
-        die_msg(o, "--output expects 'human' or 'json' not '%s'", arg);
-        usage_hint(o, "info");
-    } else {
-        die_msg(o, "--output must be used with human or json as argument.");
-    }
-    return -1;
 }
 
 int cmd_info(struct options *o, int argc, char **argv)
@@ -140,7 +122,7 @@ int cmd_info(struct options *o, int argc, char **argv)
             format = optarg;
             break;
         case 'O':
-            if (output_arg(o, optarg, &json) < 0)
+            if (parse_output_format(o, "info", optarg, &json) < 0)
                 return 1;
             break;
         case 'B':
@@ -153,28 +135,8 @@ int cmd_info(struct options *o, int argc, char **argv)
             die_msg(o, "--image-opts is not supported: option strings can name "
                     "arbitrary files and protocols; pass a file name");
             return 1;
-        case ':':
-            if (profile_at_least(&o->prof, 9, 0) && optopt)
-                fprintf(stderr, "%s info: option requires an argument -- '%c'\n",
-                        o->argv0, optopt);
-            else if (profile_at_least(&o->prof, 9, 0))
-                fprintf(stderr, "%s info: option '%s' requires an argument\n",
-                        o->argv0, argv[optind - 1]);
-            else
-                die_msg(o, "missing argument for option '%s'", argv[optind - 1]);
-            usage_hint(o, "info");
-            return 1;
         default:
-            if (profile_at_least(&o->prof, 9, 0) && optopt)
-                fprintf(stderr, "%s info: invalid option -- '%c'\n", o->argv0,
-                        optopt);
-            else if (profile_at_least(&o->prof, 9, 0))
-                fprintf(stderr, "%s info: unrecognized option '%s'\n", o->argv0,
-                        argv[optind - 1]);
-            else
-                die_msg(o, "unrecognized option '%s'", argv[optind - 1]);
-            usage_hint(o, "info");
-            return 1;
+            return option_error(o, "info", c, argv[optind - 1]);
         }
     }
     if (optind != argc - 1) {

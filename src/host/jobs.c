@@ -72,3 +72,41 @@ int job_open_driver(struct ins_ctx *ctx, const struct image_job *job,
         return ins_error(ctx, rc, "Could not read '%s'", job->filename);
     return ins_select_driver(ctx, bd, job->format, job->format_declared, drv);
 }
+
+int job_open_image(struct ins_ctx *ctx, const struct image_job *job, int fd,
+                   struct ins_image **img)
+{
+    struct ins_bdev *bd = ins_malloc(ctx, sizeof(*bd));
+    const struct ins_driver *drv;
+    int rc;
+
+    if (!bd)
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    rc = job_open_driver(ctx, job, fd, bd, &drv);
+    if (rc < 0)
+        return rc;
+    return ins_image_open(ctx, bd, drv, 0, 1, img);
+}
+
+struct tree *host_run_job(struct options *o, struct policy *pol,
+                          worker_job_fn fn, void *job, const int *fds,
+                          size_t nfds, worker_partial_fn partial,
+                          void *partial_opaque, int *status, char *errmsg,
+                          size_t errlen)
+{
+    struct ref_state rs = { o, pol, 0 };
+    struct worker_hooks hooks = { host_ref_open, &rs, partial, partial_opaque };
+    struct worker_result res;
+
+    if (worker_run(&o->lim, o->ctx_flags, fn, job, fds, nfds, &hooks, &res) < 0) {
+        *status = INS_EIO;
+        snprintf(errmsg, errlen, "%s", res.errmsg);
+        return NULL;
+    }
+    *status = res.status;
+    if (res.status != INS_OK) {
+        snprintf(errmsg, errlen, "%s", res.errmsg);
+        return NULL;
+    }
+    return res.tree;
+}

@@ -23,6 +23,19 @@ int job_open_driver(struct ins_ctx *ctx, const struct image_job *job,
                     int fd, struct ins_bdev *bd,
                     const struct ins_driver **drv);
 
+/* In the worker: opens the job's image for reading, with its backing
+ * chain (each link through the host's policy). */
+int job_open_image(struct ins_ctx *ctx, const struct image_job *job, int fd,
+                   struct ins_image **img);
+
+/* Runs a job in a worker with the usual hooks, printing "Could not open"
+ * style errors itself; returns the worker's result tree or NULL. */
+struct tree *host_run_job(struct options *o, struct policy *pol,
+                          worker_job_fn fn, void *job, const int *fds,
+                          size_t nfds, worker_partial_fn partial,
+                          void *partial_opaque, int *status, char *errmsg,
+                          size_t errlen);
+
 /* State for answering a worker's reference requests through the policy. */
 struct ref_state {
     const struct options *opts;
@@ -33,5 +46,7 @@ int host_ref_open(void *opaque, const struct worker_ref_request *req, int *err,
                   char *errbuf, size_t errlen);
 
 int cmd_info(struct options *o, int argc, char **argv);
+int cmd_map(struct options *o, int argc, char **argv);
+int cmd_compare(struct options *o, int argc, char **argv);
 
 #endif

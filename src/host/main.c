@@ -28,6 +28,8 @@ static void print_help(const struct options *o)
            "\n"
            "Commands:\n"
            "  info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILE\n"
+           "  map [-f FMT] [--output=human|json] [--start-offset=N] [--max-length=N] FILE\n"
+           "  compare [-f FMT] [-F FMT] [-s] [-q] FILE1 FILE2\n"
            "\n"
            "'%s COMMAND --help' describes a command and instar's own options\n"
            "(--qemu-version, --allow-path, --unsafe-quirks, --no-sandbox, ...).\n",
@@ -58,6 +60,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "info") == 0)
         return cmd_info(&o, argc - 1, argv + 1);
+    if (strcmp(cmd, "map") == 0)
+        return cmd_map(&o, argc - 1, argv + 1);
+    if (strcmp(cmd, "compare") == 0)
+        return cmd_compare(&o, argc - 1, argv + 1);
     die_msg(&o, "Command not found: %s", cmd);
     usage_hint(&o, NULL);
     return 1;

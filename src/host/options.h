@@ -40,6 +40,23 @@ void die_msg(const struct options *o, const char *fmt, ...)
 /* The "Try ... for more information" hint after a usage error. */
 void usage_hint(const struct options *o, const char *command);
 
+/*
+ * Reports a getopt_long failure (c is ':' or '?') for command cmd the way
+ * the profile's qemu-img does; returns 1 (the exit status).
+ */
+int option_error(const struct options *o, const char *cmd, int c,
+                 const char *arg);
+
+/* Parses --output's value; prints the profile's error and returns -1. */
+int parse_output_format(const struct options *o, const char *cmd,
+                        const char *arg, int *json);
+
+/* qemu's cvtnum(): a size with optional suffix (k, M, G, T, P, E),
+ * hexadecimal, or a fraction with a suffix.  Prints qemu's error and
+ * returns -1 when invalid. */
+int64_t parse_size_arg(const struct options *o, const char *what,
+                       const char *value);
+
 /* Sets up a policy for a command whose main image is `image`. */
 int options_policy(const struct options *o, struct policy *p, const char *image);
 

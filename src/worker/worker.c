@@ -33,6 +33,8 @@ enum {
     MSG_OPEN_REF = 3,   /* worker -> host: u32 kind, base NUL, name NUL */
     MSG_FD = 4,         /* host -> worker: descriptor attached */
     MSG_REFUSED = 5,    /* host -> worker: i32 code, message */
+    MSG_PARTIAL = 6,    /* worker -> host: encoded tree, more to come */
+    MSG_ACK = 7,        /* host -> worker: partial consumed, go on */
 };
 
 #define MAX_REQUEST 65536u          /* largest frame the worker accepts */
@@ -280,6 +282,34 @@ static int worker_open_ref(struct ins_ctx *ctx, enum ins_ref_kind kind,
     return INS_OK;
 }
 
+/*
+ * Sends a partial result and waits for the host to take it, so the worker
+ * never runs far ahead of what the host has rendered (bounded memory on
+ * both sides).
+ */
+static int worker_emit(struct ins_ctx *ctx, const struct tree *part)
+{
+    struct worker_state *ws = ctx->ref_opaque;
+    size_t len = 0;
+    uint8_t *wire = tree_encode(&ins_libc_alloc, part, &len);
+    uint32_t hdr[2];
+    int fd, rc;
+
+    if (!wire || len > UINT32_MAX) {
+        free(wire);
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    }
+    rc = send_frame(ws->sock, MSG_PARTIAL, wire, (uint32_t)len, -1);
+    free(wire);
+    if (rc < 0 || recv_header(ws->sock, hdr, &fd) < 0)
+        return ins_error(ctx, INS_EIO, "lost the channel to the host");
+    if (fd >= 0)
+        close(fd);
+    if (hdr[0] != MSG_ACK || hdr[1] != 0)
+        return ins_error(ctx, INS_EIO, "the host stopped the job");
+    return INS_OK;
+}
+
 static void report_error(int sock, int code, const char *msg)
 {
     size_t len = strnlen(msg, 1000);
@@ -463,6 +493,7 @@ static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
     ctx.alloc = &ins_libc_alloc;
     ctx.flags = ctx_flags;
     ctx.open_ref = worker_open_ref;
+    ctx.emit = worker_emit;
     ws.sock = sock;
     ctx.ref_opaque = &ws;
     tree_builder_init(&tb, &ins_libc_alloc);
@@ -586,8 +617,7 @@ static int wait_readable(int sock, int timeout_ms)
 
 int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
                worker_job_fn fn, void *job, const int *fds, size_t nfds,
-               worker_ref_fn ref_fn, void *ref_opaque,
-               struct worker_result *res)
+               const struct worker_hooks *hooks, struct worker_result *res)
 {
     uint64_t max_out = lim->output_bytes ? lim->output_bytes : DEFAULT_MAX_OUTPUT;
     /* A wall-clock bound too, for a worker that blocks rather than spins. */
@@ -653,8 +683,25 @@ int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
         }
         switch (hdr[0]) {
         case MSG_OPEN_REF:
-            answer_ref(sv[0], payload, hdr[1], ref_fn, ref_opaque);
+            answer_ref(sv[0], payload, hdr[1], hooks ? hooks->ref : NULL,
+                       hooks ? hooks->ref_opaque : NULL);
             break;
+        case MSG_PARTIAL: {
+            struct tree *part = tree_decode(&ins_libc_alloc, payload, hdr[1]);
+            int stop = !part || !hooks || !hooks->partial ||
+                       hooks->partial(hooks->partial_opaque, part) != 0;
+
+            tree_free(&ins_libc_alloc, part);
+            if (stop || send_frame(sv[0], MSG_ACK, NULL, 0, -1) < 0) {
+                if (!res->errmsg[0])
+                    snprintf(res->errmsg, sizeof(res->errmsg), "%s",
+                             part ? "the job was stopped"
+                                  : "the worker's partial answer was malformed");
+                kill(pid, SIGKILL);
+                answered = -1;
+            }
+            break;
+        }
         case MSG_RESULT:
             res->tree = tree_decode(&ins_libc_alloc, payload, hdr[1]);
             if (res->tree) {

@@ -50,6 +50,17 @@ typedef int (*worker_job_fn)(struct ins_ctx *ctx, void *job, const int *fds,
                              size_t nfds, struct tree_builder *tb,
                              struct tree **out);
 
+/* Called in the host for each partial result the job emits (decoded and
+ * bounded); a non-zero return stops the job. */
+typedef int (*worker_partial_fn)(void *opaque, const struct tree *part);
+
+struct worker_hooks {
+    worker_ref_fn ref;              /* NULL: references refused */
+    void *ref_opaque;
+    worker_partial_fn partial;      /* NULL: partial results refused */
+    void *partial_opaque;
+};
+
 struct worker_result {
     int status;                 /* INS_OK, or INS_E* */
     char errmsg[1024];          /* one line when status != INS_OK */
@@ -59,14 +70,13 @@ struct worker_result {
 
 /*
  * Runs fn(job) in a fresh sandboxed worker holding fds[0..nfds-1].
- * ctx_flags becomes ctx->flags.  ref_fn may be NULL (references refused).
- * Returns 0 when the worker answered (see res->status), -1 when it did
- * not (res->errmsg says why: a limit, the sandbox filter, a crash).
+ * ctx_flags becomes ctx->flags.  Returns 0 when the worker answered (see
+ * res->status), -1 when it did not (res->errmsg says why: a limit, the
+ * sandbox filter, a crash).
  */
 int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
                worker_job_fn fn, void *job, const int *fds, size_t nfds,
-               worker_ref_fn ref_fn, void *ref_opaque,
-               struct worker_result *res);
+               const struct worker_hooks *hooks, struct worker_result *res);
 
 /* Inside the worker: a block device over an inherited descriptor. */
 int worker_bdev_init(struct ins_bdev *bd, int fd, const char *name);

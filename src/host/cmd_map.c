@@ -1,0 +1,259 @@
+/*
+ * cmd_map.c - `map`: qemu-img map's human table or JSON list, streamed as
+ * the worker walks the image.
+ */
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "jobs.h"
+
+static const char map_help[] =
+    "Usage: %s map [-f FMT] [--output=human|json] [--start-offset=OFFSET]\n"
+    "              [--max-length=LENGTH] [-U] FILE\n"
+    "\n"
+    "Show how the guest-visible disk of FILE maps onto files, as qemu-img map\n"
+    "does: allocated, zero and unallocated ranges, through the backing chain.\n"
+    "Backing files are opened only under the allowed directories.\n"
+    "\n"
+    "  -f, --format=FMT       the image format (default: detect)\n"
+    "  --output=human|json    output format (default human)\n"
+    "  -s, --start-offset=N   start at guest offset N\n"
+    "  -l, --max-length=N     map at most N bytes\n"
+    "  -U, --force-share      accepted for compatibility\n"
+    "\n"
+    "See 'instar info --help' for instar's own options.\n";
+
+struct map_job {
+    struct image_job image;
+    uint64_t start;
+    int64_t max_length;
+    int human;
+    int with_compressed;
+};
+
+static int map_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
+                       size_t nfds, struct tree_builder *tb, struct tree **out)
+{
+    struct map_job *job = opaque;
+    struct ins_image *img;
+    struct tree *opened;
+    int rc;
+
+    if (nfds < 1)
+        return ins_error(ctx, INS_EINVAL, "no image");
+    rc = job_open_image(ctx, &job->image, fds[0], &img);
+    if (rc < 0)
+        return rc;
+    /* Tell the host the image opened: qemu prints the heading now. */
+    opened = tree_new_dict(tb);
+    tree_put_bool(tb, opened, "opened", 1);
+    if (tb->failed || ctx->emit(ctx, opened) < 0)
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    rc = ins_op_map(ctx, img, job->start, job->max_length, job->human,
+                    job->with_compressed);
+    if (rc < 0)
+        return rc;
+    *out = tree_new_dict(tb);
+    return tb->failed ? ins_error(ctx, INS_ENOMEM, "Out of memory") : INS_OK;
+}
+
+struct map_render {
+    const struct options *o;
+    int json;
+    int with_compressed;
+    int opened;
+    size_t printed;
+};
+
+static void print_heading(struct map_render *mr)
+{
+    if (mr->json)
+        putchar('[');
+    else
+        printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
+}
+
+/* One batch from the worker; every field is checked before use. */
+static int map_partial(void *opaque, const struct tree *part)
+{
+    struct map_render *mr = opaque;
+    const struct tree *files, *entries, *e, *f;
+    const char *names[4096];
+    size_t n_names = 0;
+
+    if (part->type != TREE_DICT)
+        return -1;
+    if (tree_get(part, "opened")) {
+        if (!mr->opened)
+            print_heading(mr);
+        mr->opened = 1;
+        return 0;
+    }
+    files = tree_get(part, "files");
+    entries = tree_get(part, "entries");
+    if (!mr->opened || !files || files->type != TREE_LIST || !entries ||
+        entries->type != TREE_LIST)
+        return -1;
+    for (f = files->v.kids.first; f; f = f->next) {
+        if (f->type != TREE_STR || n_names >= sizeof(names) / sizeof(names[0]))
+            return -1;
+        names[n_names++] = f->v.str.s;
+    }
+    for (e = entries->v.kids.first; e; e = e->next) {
+        const struct tree *k;
+        uint64_t v[6];
+        int i = 0;
+        const char *name = NULL;
+
+        if (e->type != TREE_LIST || e->v.kids.count != 6)
+            return -1;
+        for (k = e->v.kids.first; k; k = k->next, i++) {
+            if (k->type == TREE_UINT)
+                v[i] = k->v.u;
+            else if (k->type == TREE_INT)
+                v[i] = (uint64_t)k->v.i;
+            else
+                return -1;
+        }
+        if ((int64_t)v[5] >= 0) {
+            if (v[5] >= n_names)
+                return -1;
+            name = names[v[5]];
+        }
+        if (mr->json) {
+            if (mr->printed)
+                fputs(",\n", stdout);
+            printf("{ \"start\": %" PRId64 ", \"length\": %" PRId64 ", \"depth\": %" PRId64
+                   ", \"present\": %s, \"zero\": %s, \"data\": %s",
+                   (int64_t)v[0], (int64_t)v[1], (int64_t)v[2],
+                   v[3] & 1 ? "true" : "false", v[3] & 2 ? "true" : "false",
+                   v[3] & 4 ? "true" : "false");
+            if (mr->with_compressed)
+                printf(", \"compressed\": %s", v[3] & 8 ? "true" : "false");
+            if (v[3] & 16)
+                printf(", \"offset\": %" PRId64, (int64_t)v[4]);
+            putchar('}');
+        } else {
+            printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", v[0], v[1],
+                   (v[3] & 16) ? v[4] : 0, name ? name : "");
+        }
+        mr->printed++;
+    }
+    return 0;
+}
+
+int cmd_map(struct options *o, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "format", required_argument, NULL, 'f' },
+        { "output", required_argument, NULL, 'O' },
+        { "object", required_argument, NULL, 'o' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "force-share", no_argument, NULL, 'U' },
+        { "start-offset", required_argument, NULL, 's' },
+        { "max-length", required_argument, NULL, 'l' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct map_job job;
+    struct map_render mr;
+    struct policy pol;
+    struct tree *t;
+    const char *format = NULL, *filename;
+    char errmsg[1100];
+    int json = 0, c, fd, status;
+    int64_t start = 0, max_length = -1;
+
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":f:s:l:hU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            printf(map_help, o->progname);
+            return 0;
+        case 'f':
+            format = optarg;
+            break;
+        case 'O':
+            if (parse_output_format(o, "map", optarg, &json) < 0)
+                return 1;
+            break;
+        case 's':
+            start = parse_size_arg(o, "start offset", optarg);
+            if (start < 0)
+                return 1;
+            break;
+        case 'l':
+            max_length = parse_size_arg(o, "max length", optarg);
+            if (max_length < 0)
+                return 1;
+            break;
+        case 'o':
+        case 'U':
+            break;
+        case 'I':
+            die_msg(o, "--image-opts is not supported: option strings can name "
+                    "arbitrary files and protocols; pass a file name");
+            return 1;
+        default:
+            return option_error(o, "map", c, argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 1) {
+        die_msg(o, "Expecting one image file name");
+        usage_hint(o, "map");
+        return 1;
+    }
+    filename = argv[optind];
+    if (strncmp(filename, "json:", 5) == 0) {
+        die_msg(o, "Could not open '%s': json: file names are not supported", filename);
+        return 1;
+    }
+    if (format && !ins_find_driver(format)) {
+        die_msg(o, "Could not open '%s': Unknown driver '%s'", filename, format);
+        return 1;
+    }
+    fd = host_open_image(o, filename, O_RDONLY);
+    if (fd < 0)
+        return 1;
+    if (options_policy(o, &pol, filename) < 0) {
+        close(fd);
+        return 1;
+    }
+    policy_note_open(&pol, fd);
+
+    memset(&job, 0, sizeof(job));
+    job.image.filename = filename;
+    job.image.format = format;
+    job.start = (uint64_t)start;
+    job.max_length = max_length;
+    job.human = !json;
+    job.with_compressed = profile_at_least(&o->prof, 8, 0);
+    memset(&mr, 0, sizeof(mr));
+    mr.o = o;
+    mr.json = json;
+    mr.with_compressed = job.with_compressed;
+
+    t = host_run_job(o, &pol, map_job_run, &job, &fd, 1, map_partial, &mr,
+                     &status, errmsg, sizeof(errmsg));
+    close(fd);
+    policy_forget(&pol);
+    if (!t) {
+        fflush(stdout);
+        if (!mr.opened)
+            die_msg(o, "Could not open '%s': %s", filename, errmsg);
+        else if (status == INS_ENOTSUP)
+            die_msg(o, "%s", errmsg);
+        else
+            die_msg(o, "Could not read file metadata: %s", errmsg);
+        return 1;
+    }
+    tree_free(&ins_libc_alloc, t);
+    if (json)
+        puts("]");
+    return 0;
+}

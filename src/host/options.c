@@ -107,9 +107,9 @@ static int64_t suffix_mul(char c)
     return -1;
 }
 
-/* qemu_strtosz(): 0 with *out, -ERANGE on overflow or a negative value,
- * -EINVAL otherwise. */
-static int strtosz(const char *s, uint64_t *out)
+/* qemu_strtosz(): 0 with *out, -ERANGE on overflow (or, in newer qemu, a
+ * negative value), -EINVAL otherwise. */
+static int strtosz(const char *s, uint64_t *out, int negative_is_range)
 {
     const char *p = s, *end;
     unsigned long long val;
@@ -121,7 +121,7 @@ static int strtosz(const char *s, uint64_t *out)
     while (isspace((unsigned char)*p))
         p++;
     if (*p == '-')
-        return -ERANGE;
+        return negative_is_range ? -ERANGE : -EINVAL;
     if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
         errno = 0;
         val = strtoull(p, &e, 16);
@@ -179,7 +179,7 @@ int64_t parse_size_arg(const struct options *o, const char *what,
                        const char *value)
 {
     uint64_t v = 0;
-    int rc = strtosz(value, &v);
+    int rc = strtosz(value, &v, profile_at_least(&o->prof, 9, 0));
 
     if (rc == -EINVAL) {
         if (profile_at_least(&o->prof, 9, 0)) {

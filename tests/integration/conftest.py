@@ -109,8 +109,12 @@ def assert_same(oracle, args, cwd, instar_args=(), check_stderr=False):
         f"exit status {i.returncode} != {q.returncode} for {args} ({oracle}); " \
         f"instar stderr: {i.stderr!r} qemu stderr: {q.stderr!r}"
     if check_stderr:
-        qs = q.stderr.decode(errors="replace").replace("qemu-img:", "PROG:")
-        is_ = i.stderr.decode(errors="replace").replace("instar:", "PROG:")
+        qs = q.stderr.decode(errors="replace")
+        for argv0 in ("/opt/qemu-oracle/root/usr/bin/qemu-img", oracle.path):
+            qs = qs.replace(argv0, "ARGV0")
+        qs = qs.replace("qemu-img:", "PROG:")
+        is_ = i.stderr.decode(errors="replace").replace(str(INSTAR), "ARGV0")
+        is_ = is_.replace("instar:", "PROG:").replace("Try 'instar ", "Try 'qemu-img ")
         assert is_ == qs, f"stderr differs for {args} ({oracle})"
     return q, i
 

@@ -16,12 +16,13 @@ struct text {
     char *buf;
     size_t len;
     int failed;
+    /* qemu's progress meter (-p), in float as qemu keeps it. */
+    int progress;
+    float current, last_print;
 };
 
-static void say(struct text *t, const char *fmt, unsigned long long arg)
+static void append(struct text *t, const char *line, int n)
 {
-    char line[128];
-    int n = snprintf(line, sizeof(line), fmt, arg);
     char *grown;
 
     if (n < 0 || t->failed)
@@ -34,6 +35,32 @@ static void say(struct text *t, const char *fmt, unsigned long long arg)
     memcpy(grown + t->len, line, (size_t)n + 1);
     t->buf = grown;
     t->len += (size_t)n;
+}
+
+static void say(struct text *t, const char *fmt, unsigned long long arg)
+{
+    char line[128];
+
+    append(t, line, snprintf(line, sizeof(line), fmt, arg));
+}
+
+/* qemu_progress_print(delta, 100) with a 2% minimum step. */
+static void progress(struct text *t, float delta)
+{
+    char line[64];
+    float current = t->current + delta / 100 * 100;
+
+    if (!t->progress)
+        return;
+    if (current > 100)
+        current = 100;
+    t->current = current;
+    if (current > t->last_print + 2.0f || current < t->last_print - 2.0f ||
+        current == 100 || current == 0) {
+        t->last_print = current;
+        append(t, line, snprintf(line, sizeof(line), "    (%3.2f/100%%)\r",
+                                 (double)current));
+    }
 }
 
 static int is_zero(const uint8_t *p, size_t n)
@@ -120,6 +147,7 @@ static int compare_common(struct ins_ctx *ctx, struct ins_image *img1,
     uint64_t offset = 0, chunk;
     int ret;
 
+    progress(out, 0);
     if (strict && size1 != size2) {
         say(out, "Strict mode: Image size mismatch!\n", 0);
         return 1;
@@ -172,6 +200,7 @@ static int compare_common(struct ins_ctx *ctx, struct ins_image *img1,
                 return ret;
         }
         offset += chunk;
+        progress(out, ((float)chunk / (float)longest) * 100);
     }
 
     if (size1 != size2) {
@@ -194,6 +223,7 @@ static int compare_common(struct ins_ctx *ctx, struct ins_image *img1,
                     return ret;
             }
             offset += chunk;
+            progress(out, ((float)chunk / (float)longest) * 100);
         }
     }
     say(out, "Images are identical.\n", 0);
@@ -202,9 +232,10 @@ static int compare_common(struct ins_ctx *ctx, struct ins_image *img1,
 
 int ins_op_compare(struct ins_ctx *ctx, struct ins_image *img1,
                    const char *name1, struct ins_image *img2,
-                   const char *name2, int strict, char **out_text)
+                   const char *name2, int strict, int show_progress,
+                   char **out_text)
 {
-    struct text out = { ctx, NULL, 0, 0 };
+    struct text out = { ctx, NULL, 0, 0, show_progress, 0, 0 };
     uint8_t *buf1 = ins_malloc(ctx, IO_BUF_SIZE);
     uint8_t *buf2 = ins_malloc(ctx, IO_BUF_SIZE);
     int ret;
@@ -216,6 +247,8 @@ int ins_op_compare(struct ins_ctx *ctx, struct ins_image *img1,
         return ins_error(ctx, INS_ENOMEM, "Out of memory");
     }
     ret = compare_common(ctx, img1, name1, img2, name2, strict, buf1, buf2, &out);
+    if (show_progress)
+        append(&out, "\n", 1);     /* qemu_progress_end() */
     ins_free(ctx, buf1);
     ins_free(ctx, buf2);
     if (out.failed) {

@@ -395,14 +395,16 @@ int ins_op_map(struct ins_ctx *ctx, struct ins_image *img, uint64_t start,
                int64_t max_length, int human, int with_compressed);
 
 /*
- * compare: qemu-img compare of two open images.  Fills *out_text (stdout
- * lines; the caller frees) and returns qemu-img's exit status (0 same,
- * 1 different, 3 allocation error, 4 read error), or a negative INS_E*.
- * On status 3 and 4 ctx->errmsg holds the error line.
+ * compare: qemu-img compare of two open images.  Fills *out_text (stdout:
+ * the verdict lines, and qemu's progress meter with show_progress; the
+ * caller frees) and returns qemu-img's exit status (0 same, 1 different,
+ * 3 allocation error, 4 read error), or a negative INS_E*.  On status 3
+ * and 4 ctx->errmsg holds the error line.
  */
 int ins_op_compare(struct ins_ctx *ctx, struct ins_image *img1,
                    const char *name1, struct ins_image *img2,
-                   const char *name2, int strict, char **out_text);
+                   const char *name2, int strict, int show_progress,
+                   char **out_text);
 
 /* qemu's path_combine(): resolve name relative to base's directory. */
 char *ins_path_combine(struct ins_ctx *ctx, const char *base,

@@ -23,7 +23,7 @@ static const char compare_help[] =
     "  -F FMT   format of FILE2 (default: detect)\n"
     "  -s       strict: differing sizes or allocation also count as different\n"
     "  -q       quiet: print nothing but errors\n"
-    "  -p       accepted for compatibility (no progress is shown)\n"
+    "  -p       show progress\n"
     "  -U       accepted for compatibility\n"
     "\n"
     "See 'instar info --help' for instar's own options.\n";
@@ -31,6 +31,7 @@ static const char compare_help[] =
 struct compare_job {
     struct image_job image[2];
     int strict;
+    int progress;
 };
 
 static int compare_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
@@ -55,7 +56,8 @@ static int compare_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
         }
     }
     rc = ins_op_compare(ctx, img[0], job->image[0].filename, img[1],
-                        job->image[1].filename, job->strict, &text);
+                        job->image[1].filename, job->strict, job->progress,
+                        &text);
     if (rc < 0)
         return rc;
     *out = tree_new_dict(tb);
@@ -81,7 +83,8 @@ int cmd_compare(struct options *o, int argc, char **argv)
     struct tree *t;
     const char *fmt[2] = { NULL, NULL }, *name[2], *text, *err;
     char errmsg[1100];
-    int c, i, fds[2] = { -1, -1 }, quiet = 0, strict = 0, status, ok;
+    int c, i, fds[2] = { -1, -1 }, quiet = 0, strict = 0, progress = 0;
+    int status, ok;
     int64_t verdict;
 
     optind = 0;
@@ -103,8 +106,10 @@ int cmd_compare(struct options *o, int argc, char **argv)
         case 's':
             strict = 1;
             break;
-        case 'T':
         case 'p':
+            progress = 1;
+            break;
+        case 'T':
         case 'o':
         case 'U':
             break;
@@ -137,6 +142,8 @@ int cmd_compare(struct options *o, int argc, char **argv)
         if (fds[i] < 0) {
             if (i)
                 close(fds[0]);
+            if (progress && !quiet)
+                putchar('\n');     /* qemu ends its progress meter */
             return 2;
         }
     }
@@ -153,12 +160,15 @@ int cmd_compare(struct options *o, int argc, char **argv)
         job.image[i].format = fmt[i];
     }
     job.strict = strict;
+    job.progress = progress && !quiet;
     t = host_run_job(o, &pol, compare_job_run, &job, fds, 2, NULL, NULL,
                      &status, errmsg, sizeof(errmsg));
     close(fds[0]);
     close(fds[1]);
     policy_forget(&pol);
     if (!t) {
+        if (progress && !quiet)
+            putchar('\n');
         /* "N:message" names the image that failed to open. */
         if ((errmsg[0] == '0' || errmsg[0] == '1') && errmsg[1] == ':')
             die_msg(o, "Could not open '%s': %s", name[errmsg[0] - '0'], errmsg + 2);

@@ -123,7 +123,7 @@ def test_compare_outcomes(tmp_path, oracle):
     qemu_img("create", "-q", "-f", "qcow2", "b.qcow2", "12M", cwd=tmp_path)
     qemu_io("-c", "write -P 7 0 1M", "a.qcow2", cwd=tmp_path)
     qemu_io("-c", "write -P 7 0 1M", "b.qcow2", cwd=tmp_path)
-    for extra in ([], ["-s"], ["-q"], ["-q", "-s"]):
+    for extra in ([], ["-s"], ["-q"], ["-q", "-s"], ["-p"], ["-p", "-q"]):
         assert_same(oracle, ["compare", *extra, "a.qcow2", "b.qcow2"], tmp_path)
     qemu_io("-c", "write -P 9 10M 4k", "b.qcow2", cwd=tmp_path)
     assert_same(oracle, ["compare", "a.qcow2", "b.qcow2"], tmp_path)
@@ -132,6 +132,8 @@ def test_compare_outcomes(tmp_path, oracle):
     assert_same(oracle, ["compare", "-s", "a.qcow2", "c.qcow2"], tmp_path)
     assert_same(oracle, ["compare", "a.qcow2", "c.qcow2"], tmp_path)
     assert_same(oracle, ["compare", "a.qcow2", "missing.qcow2"], tmp_path)
+    assert_same(oracle, ["compare", "-p", "a.qcow2", "missing.qcow2"], tmp_path)
+    assert_same(oracle, ["compare", "-p", "-s", "a.qcow2", "c.qcow2"], tmp_path)
 
 
 def test_raw_sparse_map(tmp_path, oracle):

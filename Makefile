@@ -55,8 +55,11 @@ demo: deps
 unit: $(UNITBIN)
 	@set -e; for t in $(UNITBIN); do echo "== $$t"; $$t; done
 
+# Both cores when pytest-xdist is there (it is a listed dependency).
+XDIST   := $(shell $(PYTHON) -c 'import xdist' 2>/dev/null && printf '%s' '-n 2')
+
 integration: instar
-	$(PYTHON) -m pytest -q tests/integration
+	$(PYTHON) -m pytest -q $(XDIST) tests/integration
 
 check: deps
 	$(MAKE) instar

@@ -11,4 +11,5 @@ if [ ! -x "$here/../instar" ]; then
     echo "bench: build instar first (make)" >&2
     exit 1
 fi
-exec "$py" "$here/bench_info.py" "$@"
+"$py" "$here/bench_info.py" "$@"
+"$py" "$here/bench_read.py"

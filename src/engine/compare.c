@@ -105,11 +105,11 @@ static int compare_buffers(const uint8_t *a, const uint8_t *b, uint64_t bytes,
     return res;
 }
 
-/* qemu reports the errno; every read failure here is an I/O error. */
-static int read_err(struct ins_ctx *ctx, uint64_t offset, const char *name)
+static int read_err(struct ins_ctx *ctx, int err, uint64_t offset,
+                    const char *name)
 {
-    ins_error(ctx, INS_EIO, "Error while reading offset %llu of %s: "
-              "Input/output error", (unsigned long long)offset, name);
+    ins_error(ctx, err, "Error while reading offset %llu of %s: %s",
+              (unsigned long long)offset, name, ins_strerror(err));
     return 4;
 }
 
@@ -118,10 +118,11 @@ static int read_err(struct ins_ctx *ctx, uint64_t offset, const char *name)
 static int check_empty(struct ins_image *img, uint64_t offset, uint64_t bytes,
                        const char *name, uint8_t *buf, struct text *out)
 {
+    int rc = ins_image_read(img, buf, (size_t)bytes, offset);
     int64_t idx;
 
-    if (ins_image_read(img, buf, (size_t)bytes, offset) < 0)
-        return read_err(img->ctx, offset, name);
+    if (rc < 0)
+        return read_err(img->ctx, rc, offset, name);
     idx = find_nonzero(buf, bytes);
     if (idx >= 0) {
         say(out, "Content mismatch at offset %llu!\n", offset + (uint64_t)idx);
@@ -180,10 +181,12 @@ static int compare_common(struct ins_ctx *ctx, struct ins_image *img1,
 
                 if (chunk > IO_BUF_SIZE)
                     chunk = IO_BUF_SIZE;
-                if (ins_image_read(img1, buf1, (size_t)chunk, offset) < 0)
-                    return read_err(ctx, offset, name1);
-                if (ins_image_read(img2, buf2, (size_t)chunk, offset) < 0)
-                    return read_err(ctx, offset, name2);
+                ret = ins_image_read(img1, buf1, (size_t)chunk, offset);
+                if (ret < 0)
+                    return read_err(ctx, ret, offset, name1);
+                ret = ins_image_read(img2, buf2, (size_t)chunk, offset);
+                if (ret < 0)
+                    return read_err(ctx, ret, offset, name2);
                 ret = compare_buffers(buf1, buf2, chunk, &pnum);
                 if (ret || pnum != chunk) {
                     say(out, "Content mismatch at offset %llu!\n",

@@ -73,6 +73,11 @@ enum ins_ref_kind {
 #define INS_F_IGNORE_QUIRKS  0x02   /* intuitive output instead of qemu-img's safe quirks */
 #define INS_F_EXTRA_DETAIL   0x04   /* extra format-specific detail qemu-img omits */
 #define INS_F_FORCE_SHARE    0x08   /* -U: no effect on reads, kept for messages */
+/* The qemu-img version instar stands in for, as major * 100 + minor, rides
+ * in the high bits (some formats' rules changed between versions); 0 means
+ * the newest. */
+#define INS_F_QEMU_SHIFT     16
+#define INS_QEMU_VERSION(ctx) ((ctx)->flags >> INS_F_QEMU_SHIFT)
 
 struct ins_ctx {
     struct ins_alloc *alloc;
@@ -97,12 +102,23 @@ struct ins_ctx {
     int (*emit)(struct ins_ctx *ctx, const struct tree *part);
     /* A one-line error message (qemu-img's wording where qemu-img fails). */
     char errmsg[1024];
+    /* Set when errmsg is complete as it stands: the host prints it after
+     * the program name, without "Could not open 'FILE': ". */
+    int errmsg_plain;
 };
 
 /* Sets ctx->errmsg printf-style; returns err so callers can write
  * `return ins_error(ctx, INS_EINVAL, "...")`. */
 int ins_error(struct ins_ctx *ctx, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* The same for a message qemu-img prints without "Could not open 'F': "
+ * (for example "Can't get image size 'F': File too large"). */
+int ins_error_plain(struct ins_ctx *ctx, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* qemu's strerror() wording for an INS_E* code ("Invalid argument", ...). */
+const char *ins_strerror(int err);
 
 void *ins_malloc(struct ins_ctx *ctx, size_t size);
 /* Zeroed n * size bytes; NULL on overflow or failure. */
@@ -170,7 +186,8 @@ struct ins_child {
     struct ins_bdev *bdev;
 };
 
-#define INS_MAX_CHILDREN 64
+/* Enough for a 2 TB twoGbMaxExtent vmdk (1000 extent files). */
+#define INS_MAX_CHILDREN 1100
 
 struct ins_info {
     uint64_t virtual_size;

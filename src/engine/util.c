@@ -42,9 +42,34 @@ int ins_error(struct ins_ctx *ctx, int err, const char *fmt, ...)
 {
     va_list ap;
 
+    ctx->errmsg_plain = 0;
     va_start(ap, fmt);
     vsnprintf(ctx->errmsg, sizeof(ctx->errmsg), fmt, ap);
     va_end(ap);
+    return err;
+}
+
+const char *ins_strerror(int err)
+{
+    switch (err) {
+    case INS_EINVAL: return "Invalid argument";
+    case INS_ENOMEM: return "Cannot allocate memory";
+    case INS_ENOTSUP: return "Operation not supported";
+    case INS_EREFUSED: return "Operation not permitted";
+    case INS_ENOENT: return "No such file or directory";
+    case INS_EFBIG: return "File too large";
+    default: return "Input/output error";
+    }
+}
+
+int ins_error_plain(struct ins_ctx *ctx, int err, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(ctx->errmsg, sizeof(ctx->errmsg), fmt, ap);
+    va_end(ap);
+    ctx->errmsg_plain = 1;
     return err;
 }
 

@@ -82,9 +82,9 @@ int cmd_compare(struct options *o, int argc, char **argv)
     struct policy pol;
     struct tree *t;
     const char *fmt[2] = { NULL, NULL }, *name[2], *text, *err;
-    char errmsg[1100];
+    struct job_error jerr;
     int c, i, fds[2] = { -1, -1 }, quiet = 0, strict = 0, progress = 0;
-    int status, ok;
+    int ok;
     int64_t verdict;
 
     optind = 0;
@@ -161,8 +161,7 @@ int cmd_compare(struct options *o, int argc, char **argv)
     }
     job.strict = strict;
     job.progress = progress && !quiet;
-    t = host_run_job(o, &pol, compare_job_run, &job, fds, 2, NULL, NULL,
-                     &status, errmsg, sizeof(errmsg));
+    t = host_run_job(o, &pol, compare_job_run, &job, fds, 2, NULL, NULL, &jerr);
     close(fds[0]);
     close(fds[1]);
     policy_forget(&pol);
@@ -170,10 +169,14 @@ int cmd_compare(struct options *o, int argc, char **argv)
         if (progress && !quiet)
             putchar('\n');
         /* "N:message" names the image that failed to open. */
-        if ((errmsg[0] == '0' || errmsg[0] == '1') && errmsg[1] == ':')
-            die_msg(o, "Could not open '%s': %s", name[errmsg[0] - '0'], errmsg + 2);
-        else
-            die_msg(o, "%s", errmsg);
+        if ((jerr.msg[0] == '0' || jerr.msg[0] == '1') && jerr.msg[1] == ':') {
+            const char *which = name[jerr.msg[0] - '0'];
+
+            memmove(jerr.msg, jerr.msg + 2, strlen(jerr.msg + 2) + 1);
+            host_report_open_error(o, which, &jerr);
+        } else {
+            die_msg(o, "%s", jerr.msg);
+        }
         return 2;
     }
     verdict = tree_get_int(t, "status", &ok);

@@ -65,31 +65,26 @@ static struct tree *info_one(struct options *o, struct policy *pol,
                              int declared)
 {
     struct info_job job;
-    struct ref_state rs = { o, pol, 0 };
-    struct worker_hooks hooks = { host_ref_open, &rs, NULL, NULL };
-    struct worker_result res;
+    struct job_error err;
+    struct tree *t;
 
     job.image.filename = filename;
     job.image.format = format;
     job.image.format_declared = declared;
-    if (worker_run(&o->lim, o->ctx_flags, info_job_run, &job, &fd, 1,
-                   &hooks, &res) < 0) {
-        die_msg(o, "Could not open '%s': %s", filename, res.errmsg);
+    t = host_run_job(o, pol, info_job_run, &job, &fd, 1, NULL, NULL, &err);
+    if (!t) {
+        host_report_open_error(o, filename, &err);
         return NULL;
     }
-    if (res.status != INS_OK) {
-        die_msg(o, "Could not open '%s': %s", filename, res.errmsg);
-        return NULL;
-    }
-    if (res.tree->type != TREE_DICT) {
+    if (t->type != TREE_DICT) {
         die_msg(o, "Could not open '%s': the worker's answer was malformed", filename);
-        tree_free(&ins_libc_alloc, res.tree);
+        tree_free(&ins_libc_alloc, t);
         return NULL;
     }
     /* qemu-img before 8.0 had no block graph in its output. */
     if (!profile_at_least(&o->prof, 8, 0))
-        tree_free(&ins_libc_alloc, tree_take(res.tree, "children"));
-    return res.tree;
+        tree_free(&ins_libc_alloc, tree_take(t, "children"));
+    return t;
 }
 
 int cmd_info(struct options *o, int argc, char **argv)
@@ -191,11 +186,17 @@ int cmd_info(struct options *o, int argc, char **argv)
             status = 1;
             break;
         }
-        free(owned_name);
-        free(owned_fmt);
-        owned_name = policy_combine(filename, backing);
-        owned_fmt = tree_get_str(t, "backing-filename-format")
-                        ? strdup(tree_get_str(t, "backing-filename-format")) : NULL;
+        {
+            /* filename may be owned_name: combine before freeing it. */
+            char *next_name = policy_combine(filename, backing);
+            const char *bfmt = tree_get_str(t, "backing-filename-format");
+            char *next_fmt = bfmt ? strdup(bfmt) : NULL;
+
+            free(owned_name);
+            free(owned_fmt);
+            owned_name = next_name;
+            owned_fmt = next_fmt;
+        }
         filename = owned_name;
         format = owned_fmt;
         declared = 1;

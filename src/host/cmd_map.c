@@ -164,8 +164,8 @@ int cmd_map(struct options *o, int argc, char **argv)
     struct policy pol;
     struct tree *t;
     const char *format = NULL, *filename;
-    char errmsg[1100];
-    int json = 0, c, fd, status;
+    struct job_error err;
+    int json = 0, c, fd;
     int64_t start = 0, max_length = -1;
 
     optind = 0;
@@ -238,18 +238,17 @@ int cmd_map(struct options *o, int argc, char **argv)
     mr.json = json;
     mr.with_compressed = job.with_compressed;
 
-    t = host_run_job(o, &pol, map_job_run, &job, &fd, 1, map_partial, &mr,
-                     &status, errmsg, sizeof(errmsg));
+    t = host_run_job(o, &pol, map_job_run, &job, &fd, 1, map_partial, &mr, &err);
     close(fd);
     policy_forget(&pol);
     if (!t) {
         fflush(stdout);
         if (!mr.opened)
-            die_msg(o, "Could not open '%s': %s", filename, errmsg);
-        else if (status == INS_ENOTSUP)
-            die_msg(o, "%s", errmsg);
+            host_report_open_error(o, filename, &err);
+        else if (err.status == INS_ENOTSUP || err.plain)
+            die_msg(o, "%s", err.msg);
         else
-            die_msg(o, "Could not read file metadata: %s", errmsg);
+            die_msg(o, "Could not read file metadata: %s", ins_strerror(err.status));
         return 1;
     }
     tree_free(&ins_libc_alloc, t);

@@ -91,22 +91,32 @@ int job_open_image(struct ins_ctx *ctx, const struct image_job *job, int fd,
 struct tree *host_run_job(struct options *o, struct policy *pol,
                           worker_job_fn fn, void *job, const int *fds,
                           size_t nfds, worker_partial_fn partial,
-                          void *partial_opaque, int *status, char *errmsg,
-                          size_t errlen)
+                          void *partial_opaque, struct job_error *err)
 {
     struct ref_state rs = { o, pol, 0 };
     struct worker_hooks hooks = { host_ref_open, &rs, partial, partial_opaque };
     struct worker_result res;
 
+    memset(err, 0, sizeof(*err));
     if (worker_run(&o->lim, o->ctx_flags, fn, job, fds, nfds, &hooks, &res) < 0) {
-        *status = INS_EIO;
-        snprintf(errmsg, errlen, "%s", res.errmsg);
+        err->status = INS_EIO;
+        snprintf(err->msg, sizeof(err->msg), "%s", res.errmsg);
         return NULL;
     }
-    *status = res.status;
     if (res.status != INS_OK) {
-        snprintf(errmsg, errlen, "%s", res.errmsg);
+        err->status = res.status;
+        err->plain = res.errmsg_plain;
+        snprintf(err->msg, sizeof(err->msg), "%s", res.errmsg);
         return NULL;
     }
     return res.tree;
+}
+
+void host_report_open_error(const struct options *o, const char *filename,
+                            const struct job_error *err)
+{
+    if (err->plain)
+        die_msg(o, "%s", err->msg);
+    else
+        die_msg(o, "Could not open '%s': %s", filename, err->msg);
 }

@@ -28,13 +28,24 @@ int job_open_driver(struct ins_ctx *ctx, const struct image_job *job,
 int job_open_image(struct ins_ctx *ctx, const struct image_job *job, int fd,
                    struct ins_image **img);
 
-/* Runs a job in a worker with the usual hooks, printing "Could not open"
- * style errors itself; returns the worker's result tree or NULL. */
+/* Why a job failed. */
+struct job_error {
+    int status;                 /* INS_E* */
+    int plain;                  /* print msg as it is, without "Could not open" */
+    char msg[1100];
+};
+
+/* Runs a job in a worker with the usual hooks; returns the worker's result
+ * tree, or NULL with *err filled. */
 struct tree *host_run_job(struct options *o, struct policy *pol,
                           worker_job_fn fn, void *job, const int *fds,
                           size_t nfds, worker_partial_fn partial,
-                          void *partial_opaque, int *status, char *errmsg,
-                          size_t errlen);
+                          void *partial_opaque, struct job_error *err);
+
+/* Prints a job's error as qemu-img does: "Could not open 'FILE': MSG",
+ * or MSG alone when the engine said it is complete. */
+void host_report_open_error(const struct options *o, const char *filename,
+                            const struct job_error *err);
 
 /* State for answering a worker's reference requests through the policy. */
 struct ref_state {

@@ -36,35 +36,48 @@ static void print_help(const struct options *o)
            o->progname, o->progname, o->progname);
 }
 
+static int run_command(struct options *o, int argc, char **argv);
+
 int main(int argc, char **argv)
 {
     struct options o;
-    const char *cmd;
+    int status;
 
     argc = options_parse(&o, argc, argv);
-    if (argc < 0)
+    if (argc < 0) {
+        options_free(&o);
         return 1;
+    }
+    status = run_command(&o, argc, argv);
+    options_free(&o);
+    return status;
+}
+
+static int run_command(struct options *o, int argc, char **argv)
+{
+    const char *cmd;
+
     if (argc < 2) {
-        die_msg(&o, "Not enough arguments");
-        usage_hint(&o, NULL);
+        die_msg(o, "Not enough arguments");
+        usage_hint(o, NULL);
         return 1;
     }
     cmd = argv[1];
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
-        print_help(&o);
+        print_help(o);
         return 0;
     }
     if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0) {
-        print_version(&o);
+        print_version(o);
         return 0;
     }
     if (strcmp(cmd, "info") == 0)
-        return cmd_info(&o, argc - 1, argv + 1);
+        return cmd_info(o, argc - 1, argv + 1);
     if (strcmp(cmd, "map") == 0)
-        return cmd_map(&o, argc - 1, argv + 1);
+        return cmd_map(o, argc - 1, argv + 1);
     if (strcmp(cmd, "compare") == 0)
-        return cmd_compare(&o, argc - 1, argv + 1);
-    die_msg(&o, "Command not found: %s", cmd);
-    usage_hint(&o, NULL);
+        return cmd_compare(o, argc - 1, argv + 1);
+    die_msg(o, "Command not found: %s", cmd);
+    usage_hint(o, NULL);
     return 1;
 }

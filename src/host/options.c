@@ -291,8 +291,8 @@ static int apply_setting(struct options *o, const char *key, const char *val)
     if (strcmp(key, "allow-path") == 0) {
         if (o->n_allow_paths >= POLICY_MAX_DIRS)
             return -1;
-        o->allow_paths[o->n_allow_paths++] = strdup(val);
-        return 0;
+        o->allow_paths[o->n_allow_paths] = strdup(val);
+        return o->allow_paths[o->n_allow_paths++] ? 0 : -1;
     }
     return -1;
 }
@@ -461,7 +461,17 @@ int options_parse(struct options *o, int argc, char **argv)
             argv[out++] = argv[in];
     }
     argv[out] = NULL;
+    o->ctx_flags |= (unsigned)(o->prof.major * 100 + o->prof.minor) << INS_F_QEMU_SHIFT;
     return out;
+}
+
+void options_free(struct options *o)
+{
+    size_t i;
+
+    for (i = 0; i < o->n_allow_paths; i++)
+        free(o->allow_paths[i]);
+    o->n_allow_paths = 0;
 }
 
 int options_policy(const struct options *o, struct policy *p, const char *image)

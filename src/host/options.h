@@ -22,7 +22,7 @@ struct options {
     unsigned ctx_flags;         /* INS_F_* */
     struct worker_limits lim;
     int max_depth;
-    const char *allow_paths[POLICY_MAX_DIRS];
+    char *allow_paths[POLICY_MAX_DIRS];     /* owned */
     size_t n_allow_paths;
 };
 
@@ -32,6 +32,9 @@ struct options {
  * new argc, or -1 after printing an error.
  */
 int options_parse(struct options *o, int argc, char **argv);
+
+/* Frees what options_parse allocated. */
+void options_free(struct options *o);
 
 /* Prints "PROG: message" to stderr (one line). */
 void die_msg(const struct options *o, const char *fmt, ...)

@@ -310,15 +310,17 @@ static int worker_emit(struct ins_ctx *ctx, const struct tree *part)
     return INS_OK;
 }
 
-static void report_error(int sock, int code, const char *msg)
+/* MSG_ERROR: i32 code, u8 plain, message. */
+static void report_error(int sock, int code, int plain, const char *msg)
 {
     size_t len = strnlen(msg, 1000);
-    uint8_t buf[4 + 1000];
+    uint8_t buf[5 + 1000];
     int32_t c = code;
 
     memcpy(buf, &c, 4);
-    memcpy(buf + 4, msg, len);
-    send_frame(sock, MSG_ERROR, buf, (uint32_t)(4 + len), -1);
+    buf[4] = plain ? 1 : 0;
+    memcpy(buf + 5, msg, len);
+    send_frame(sock, MSG_ERROR, buf, (uint32_t)(5 + len), -1);
 }
 
 static int add_rule(scmp_filter_ctx f, int nr)
@@ -484,7 +486,7 @@ static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
         int fd = open("/etc/passwd", O_RDONLY);
 
         if (fd >= 0) {
-            report_error(sock, INS_EIO, "sandbox escape: open() succeeded");
+            report_error(sock, INS_EIO, 0, "sandbox escape: open() succeeded");
             _exit(0);
         }
     }
@@ -500,12 +502,13 @@ static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
 
     rc = fn(&ctx, job, fds, nfds, &tb, &result);
     if (rc < 0) {
-        report_error(sock, rc, ctx.errmsg[0] ? ctx.errmsg : "operation failed");
+        report_error(sock, rc, ctx.errmsg_plain,
+                     ctx.errmsg[0] ? ctx.errmsg : "operation failed");
         _exit(0);
     }
     wire = result ? tree_encode(&ins_libc_alloc, result, &wire_len) : NULL;
     if (!wire || wire_len > UINT32_MAX) {
-        report_error(sock, INS_ENOMEM, "result too large");
+        report_error(sock, INS_ENOMEM, 0, "result too large");
         _exit(0);
     }
     send_frame(sock, MSG_RESULT, wire, (uint32_t)wire_len, -1);
@@ -716,15 +719,17 @@ int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
             break;
         case MSG_ERROR: {
             int32_t code = INS_EINVAL;
-            size_t mlen = hdr[1] >= 4 ? hdr[1] - 4 : 0;
+            size_t mlen = hdr[1] >= 5 ? hdr[1] - 5 : 0;
 
-            if (hdr[1] >= 4)
+            if (hdr[1] >= 5) {
                 memcpy(&code, payload, 4);
+                res->errmsg_plain = payload[4] == 1;
+            }
             if (code >= 0 || code < INS_EFBIG)
                 code = INS_EINVAL;
             if (mlen > sizeof(res->errmsg) - 1)
                 mlen = sizeof(res->errmsg) - 1;
-            memcpy(res->errmsg, payload + (hdr[1] >= 4 ? 4 : 0), mlen);
+            memcpy(res->errmsg, payload + (hdr[1] >= 5 ? 5 : 0), mlen);
             res->errmsg[mlen] = '\0';
             sanitize_line(res->errmsg);
             res->status = code;

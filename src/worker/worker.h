@@ -64,6 +64,7 @@ struct worker_hooks {
 struct worker_result {
     int status;                 /* INS_OK, or INS_E* */
     char errmsg[1024];          /* one line when status != INS_OK */
+    int errmsg_plain;           /* print errmsg without "Could not open" */
     struct tree *tree;          /* decoded result (host's libc allocator) */
     int sandbox_failure;        /* the worker died rather than answered */
 };

@@ -66,9 +66,10 @@ def to_raw(tmp_path, path, fmt):
 @pytest.mark.parametrize("vid,fmt,opts,size", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_map_matches(tmp_path, oracle, vid, fmt, opts, size):
     path = make(tmp_path, fmt, opts, size)
+    # -f on both sides: qemu-img calls a fixed VHD raw, instar (safely) vpc.
     for extra in ([], ["--output=json"], ["--output=json", "--start-offset=1M",
                                           "--max-length=7M"]):
-        assert_same(oracle, ["map", *extra, path], tmp_path)
+        assert_same(oracle, ["map", "-f", fmt, *extra, path], tmp_path)
 
 
 @pytest.mark.parametrize("vid,fmt,opts,size", VARIANTS, ids=[v[0] for v in VARIANTS])

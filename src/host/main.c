@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cmd_measure.h"
 #include "jobs.h"
 
 static void print_version(const struct options *o)
@@ -30,6 +31,7 @@ static void print_help(const struct options *o)
            "  info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILE\n"
            "  map [-f FMT] [--output=human|json] [--start-offset=N] [--max-length=N] FILE\n"
            "  compare [-f FMT] [-F FMT] [-s] [-q] FILE1 FILE2\n"
+           "  measure [--output=human|json] [-O FMT] [-o OPTIONS] [--size N | [-f FMT] FILE]\n"
            "\n"
            "'%s COMMAND --help' describes a command and instar's own options\n"
            "(--qemu-version, --allow-path, --unsafe-quirks, --no-sandbox, ...).\n",
@@ -77,6 +79,8 @@ static int run_command(struct options *o, int argc, char **argv)
         return cmd_map(o, argc - 1, argv + 1);
     if (strcmp(cmd, "compare") == 0)
         return cmd_compare(o, argc - 1, argv + 1);
+    if (strcmp(cmd, "measure") == 0)
+        return cmd_measure(o, argc - 1, argv + 1);
     die_msg(o, "Command not found: %s", cmd);
     usage_hint(o, NULL);
     return 1;

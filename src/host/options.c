@@ -11,6 +11,7 @@
  * output-limit, max-depth.
  */
 #include "options.h"
+#include "createopts.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -93,96 +94,17 @@ int parse_output_format(const struct options *o, const char *cmd,
     return -1;
 }
 
-static int64_t suffix_mul(char c)
-{
-    switch (toupper((unsigned char)c)) {
-    case 'B': return 1;
-    case 'K': return 1LL << 10;
-    case 'M': return 1LL << 20;
-    case 'G': return 1LL << 30;
-    case 'T': return 1LL << 40;
-    case 'P': return 1LL << 50;
-    case 'E': return 1LL << 60;
-    }
-    return -1;
-}
-
-/* qemu_strtosz(): 0 with *out, -ERANGE on overflow (or, in newer qemu, a
- * negative value), -EINVAL otherwise. */
-static int strtosz(const char *s, uint64_t *out, int negative_is_range)
-{
-    const char *p = s, *end;
-    unsigned long long val;
-    double frac = 0.0;
-    int has_frac = 0;
-    int64_t mul;
-    char *e;
-
-    while (isspace((unsigned char)*p))
-        p++;
-    if (*p == '-')
-        return negative_is_range ? -ERANGE : -EINVAL;
-    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-        errno = 0;
-        val = strtoull(p, &e, 16);
-        if (e == p + 2 || errno)
-            return errno == ERANGE ? -ERANGE : -EINVAL;
-        if (*e)
-            return -EINVAL;     /* no suffix or fraction on hex */
-        *out = val;
-        return 0;
-    }
-    if (!isdigit((unsigned char)*p) && !(*p == '.' && isdigit((unsigned char)p[1])))
-        return -EINVAL;
-    errno = 0;
-    val = strtoull(p, &e, 10);
-    if (errno == ERANGE)
-        return -ERANGE;
-    end = e;
-    if (*end == '.') {
-        end++;
-        if (isdigit((unsigned char)*end)) {
-            double scale = 0.1;
-
-            for (; isdigit((unsigned char)*end); end++, scale /= 10)
-                frac += (*end - '0') * scale;
-            has_frac = frac > 0.0;
-        }
-    }
-    mul = *end ? suffix_mul(*end) : 1;
-    if (mul < 0)
-        return -EINVAL;
-    if (*end)
-        end++;
-    if (*end)
-        return -EINVAL;
-    if (mul == 1) {
-        if (has_frac)
-            return -EINVAL;
-        *out = val;
-        return 0;
-    }
-    if (val > UINT64_MAX / (uint64_t)mul)
-        return -ERANGE;
-    {
-        uint64_t whole = val * (uint64_t)mul;
-        long double extra = (long double)frac * (long double)mul + 0.5L;
-
-        if (extra >= (long double)(UINT64_MAX - whole))
-            return -ERANGE;
-        *out = whole + (uint64_t)extra;
-    }
-    return 0;
-}
-
 int64_t parse_size_arg(const struct options *o, const char *what,
                        const char *value)
 {
     uint64_t v = 0;
-    int rc = strtosz(value, &v, profile_at_least(&o->prof, 9, 0));
+    int hex = 0, rc = co_strtosz(value, &v, o->prof.major, &hex);
 
-    if (rc == -EINVAL) {
-        if (profile_at_least(&o->prof, 9, 0)) {
+    if (hex)
+        fprintf(stderr, "%s: warning: Using a multiplier suffix on hex numbers "
+                "is deprecated: %s\n", o->progname, value);
+    if (rc < 0 && rc != -ERANGE) {
+        if (profile_at_least(&o->prof, 8, 0)) {
             die_msg(o, "Invalid %s specified: '%s'.", what, value);
         } else {
             die_msg(o, "Invalid %s specified. You may use k, M, G, T, P or E "

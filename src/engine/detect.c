@@ -81,6 +81,16 @@ int ins_detect(struct ins_ctx *ctx, struct ins_bdev *file,
     int rc;
 
     memset(det, 0, sizeof(*det));
+    /* Like qemu: probes see a zero-padded buffer, and an empty file is
+     * raw without probing (when raw fallback is allowed at all). */
+    memset(head, 0, sizeof(head));
+    if (file->size == 0) {
+        if (unsafe) {
+            det->drv = &ins_drv_raw;
+            det->score = 1;
+        }
+        return INS_OK;
+    }
     rc = ins_read(file, head, head_len, 0);
     if (rc < 0)
         return ins_error(ctx, rc, "Could not read image for determining its format");

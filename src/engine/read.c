@@ -7,6 +7,7 @@
  */
 #include "engine.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define MAX_CHAIN 64    /* the engine's own bound; the host's policy is tighter */
@@ -47,6 +48,15 @@ int ins_select_driver(struct ins_ctx *ctx, struct ins_bdev *bd,
                          "it as raw, or --unsafe-quirks for qemu-img's behaviour)");
     *drv = det.drv;
     return INS_OK;
+}
+
+/* qemu's error_prepend(): the backing file's error, said as qemu says it. */
+static int backing_error(struct ins_ctx *ctx, int rc)
+{
+    char inner[sizeof(ctx->errmsg)];
+
+    snprintf(inner, sizeof(inner), "%s", ctx->errmsg);
+    return ins_error(ctx, rc, "Could not open backing file: %s", inner);
 }
 
 void ins_image_close(struct ins_image *img)
@@ -91,14 +101,14 @@ int ins_image_open(struct ins_ctx *ctx, struct ins_bdev *file,
             goto fail;
         }
         rc = ctx->open_ref(ctx, INS_REF_BACKING, img->file->name, name, &bd);
-        if (rc < 0)
+        if (rc == 0)
+            rc = ins_select_driver(ctx, bd, format && format[0] ? format : NULL, 1, &bdrv);
+        if (rc == 0)
+            rc = bdrv->open(ctx, bd, 0, &next);
+        if (rc < 0) {
+            rc = backing_error(ctx, rc);
             goto fail;
-        rc = ins_select_driver(ctx, bd, format && format[0] ? format : NULL, 1, &bdrv);
-        if (rc < 0)
-            goto fail;
-        rc = bdrv->open(ctx, bd, 0, &next);
-        if (rc < 0)
-            goto fail;
+        }
         if (!bdrv->read || !bdrv->block_status) {
             bdrv->close(next);
             rc = ins_error(ctx, INS_ENOTSUP, "reading %s images is not supported yet",

@@ -6,23 +6,45 @@
  * probe is weak (score 2: a shell script could start the same way).
  * qemu bounds the block size (64 MiB), the offsets table (512 MiB) and
  * each compressed block (128 MiB), and needs the offsets to increase; we
- * check the table in chunks instead of loading it.  Reading (inflating
- * blocks) is not implemented: info needs none of it.
+ * check the table in chunks instead of loading it.
+ *
+ * Reading inflates one block at a time and keeps it, as qemu does.  The
+ * offsets are read through a small window, and the compressed bytes are
+ * fed to zlib in pieces: memory is the block size plus ~100 KiB, however
+ * large the table or a compressed block.  A block that does not inflate
+ * to exactly block_size bytes is an I/O error, as in qemu.  qemu has no
+ * block status for cloop: everything is data, without an offset.
  */
 #include "engine.h"
 
 #include <string.h>
+#include <zlib.h>
 
 #define CLOOP_MAGIC \
     "#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"
 #define CLOOP_MAX_BLOCK_SIZE    (64u * 1024 * 1024)
 #define CLOOP_MAX_OFFSETS_SIZE  (512u * 1024 * 1024)
 #define CLOOP_HEADER_OFFSET     128
+#define CLOOP_OFFSETS_START     (CLOOP_HEADER_OFFSET + 8)
+#define CLOOP_OFF_WINDOW        512         /* offsets held at once (4 KiB) */
+#define CLOOP_IN_CHUNK          65536u      /* compressed bytes per read */
+
+/* The block layer's request limits (see qcow.c). */
+#define BDRV_REQUEST_MAX_BYTES  (((uint64_t)INT32_MAX >> 9) << 9)
+#define BDRV_MAX_LENGTH         ((uint64_t)INT64_MAX - ((1ull << 30) - 1))
 
 struct cloop_image {
     struct ins_image base;
     uint32_t block_size;
     uint32_t n_blocks;
+    /* Reading: offsets [off_first, off_first + off_count) of the table. */
+    uint64_t off[CLOOP_OFF_WINDOW];
+    uint32_t off_first, off_count;
+    uint8_t *block;             /* the inflated block `current` */
+    uint32_t current;           /* n_blocks: none (qemu's current_block) */
+    uint8_t *in;                /* CLOOP_IN_CHUNK compressed bytes */
+    z_stream zs;
+    int zs_ready;
 };
 
 /* cloop_probe(): the preamble, compared over what the buffer holds. */
@@ -110,6 +132,7 @@ static int cloop_open(struct ins_ctx *ctx, struct ins_bdev *file,
     ci->base.file = file;
     ci->block_size = block_size;
     ci->n_blocks = n_blocks;
+    ci->current = n_blocks;
     /* qemu 10.0 multiplies in 64 bits; 7.2 did it in 32 and wrapped
      * (for images of 2 TiB and more). */
     ci->base.virtual_size = (uint64_t)n_blocks * (block_size / 512) * 512;
@@ -128,8 +151,158 @@ static int cloop_info(struct ins_image *img, struct tree_builder *tb,
 
 static void cloop_close(struct ins_image *img)
 {
-    if (img)
-        ins_free(img->ctx, img);
+    struct cloop_image *ci = (struct cloop_image *)img;
+
+    if (!ci)
+        return;
+    if (ci->zs_ready)
+        inflateEnd(&ci->zs);
+    ins_free(img->ctx, ci->block);
+    ins_free(img->ctx, ci->in);
+    ins_free(img->ctx, ci);
+}
+
+/* ---- reading ---- */
+
+static void *z_alloc(void *opaque, unsigned items, unsigned size)
+{
+    return ins_calloc(opaque, items, size);
+}
+
+static void z_free(void *opaque, void *p)
+{
+    ins_free(opaque, p);
+}
+
+static int cloop_eio(struct cloop_image *ci, uint32_t block, const char *why)
+{
+    return ins_error(ci->base.ctx, INS_EIO, "cloop block %u: %s", block, why);
+}
+
+/* Offsets block and block + 1, through the window.  qemu read the table
+ * at open, with zeros past end of file; open checked it the same way. */
+static int cloop_offsets(struct cloop_image *ci, uint32_t block,
+                         uint64_t *start, uint64_t *end)
+{
+    if (block < ci->off_first || block + 1 - ci->off_first >= ci->off_count) {
+        uint32_t total = ci->n_blocks + 1, n, i;
+        uint8_t raw[CLOOP_OFF_WINDOW * 8];
+
+        n = total - block < CLOOP_OFF_WINDOW ? total - block : CLOOP_OFF_WINDOW;
+        ci->off_count = 0;
+        if (ins_read_zfill(ci->base.file, raw, (size_t)n * 8,
+                           CLOOP_OFFSETS_START + (uint64_t)block * 8) < 0)
+            return cloop_eio(ci, block, "could not read its offset");
+        for (i = 0; i < n; i++)
+            ci->off[i] = ins_be64(raw + 8 * (size_t)i);
+        ci->off_first = block;
+        ci->off_count = n;
+    }
+    *start = ci->off[block - ci->off_first];
+    *end = ci->off[block + 1 - ci->off_first];
+    return INS_OK;
+}
+
+/* cloop_read_block(): inflate one block unless it is the current one. */
+static int cloop_load_block(struct cloop_image *ci, uint32_t block)
+{
+    struct ins_ctx *ctx = ci->base.ctx;
+    uint64_t start, end, pos, left;
+    int rc, zr = Z_OK;
+
+    if (ci->current == block)
+        return INS_OK;
+    rc = cloop_offsets(ci, block, &start, &end);
+    if (rc < 0)
+        return rc;
+    /* Open saw these; check again rather than trust it. */
+    if (end < start || end - start > 2ull * CLOOP_MAX_BLOCK_SIZE)
+        return cloop_eio(ci, block, "invalid compressed size");
+    left = end - start;
+    /* qemu reads the compressed block in one request. */
+    if (left > BDRV_REQUEST_MAX_BYTES || start > BDRV_MAX_LENGTH - left)
+        return cloop_eio(ci, block, "offset out of range");
+    if (!ci->block)
+        ci->block = ins_malloc(ctx, ci->block_size);
+    if (!ci->in)
+        ci->in = ins_malloc(ctx, CLOOP_IN_CHUNK);
+    if (!ci->block || !ci->in)
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    if (!ci->zs_ready) {
+        memset(&ci->zs, 0, sizeof(ci->zs));
+        ci->zs.zalloc = z_alloc;
+        ci->zs.zfree = z_free;
+        ci->zs.opaque = ctx;
+        if (inflateInit(&ci->zs) != Z_OK)
+            return ins_error(ctx, INS_ENOMEM, "Out of memory");
+        ci->zs_ready = 1;
+    }
+    ci->current = ci->n_blocks;     /* the buffer is about to change */
+    if (inflateReset(&ci->zs) != Z_OK)
+        return cloop_eio(ci, block, "zlib reset failed");
+    ci->zs.next_out = ci->block;
+    ci->zs.avail_out = ci->block_size;
+    ci->zs.avail_in = 0;
+    pos = start;
+    /*
+     * qemu inflates the whole block in one call with Z_FINISH; feeding it
+     * in pieces ends the same way: Z_STREAM_END only for a stream that
+     * ends within the compressed bytes and the block's size.  The output
+     * buffer is block_size bytes: nothing inflates past it.
+     */
+    for (;;) {
+        if (ci->zs.avail_in == 0 && left > 0) {
+            size_t n = left < CLOOP_IN_CHUNK ? (size_t)left : CLOOP_IN_CHUNK;
+
+            if (ins_read_zfill(ci->base.file, ci->in, n, pos) < 0)
+                return cloop_eio(ci, block, "read failed");
+            ci->zs.next_in = ci->in;
+            ci->zs.avail_in = (uInt)n;
+            pos += n;
+            left -= n;
+        }
+        zr = inflate(&ci->zs, left == 0 ? Z_FINISH : Z_NO_FLUSH);
+        if (zr != Z_OK)
+            break;
+    }
+    if (zr != Z_STREAM_END || ci->zs.total_out != ci->block_size)
+        return cloop_eio(ci, block, "corrupt compressed data");
+    ci->current = block;
+    return INS_OK;
+}
+
+/* No block status in qemu's driver: everything is data. */
+static int cloop_block_status(struct ins_image *img, uint64_t offset,
+                              uint64_t bytes, struct ins_bstat *st)
+{
+    (void)img; (void)offset;
+    st->pnum = bytes;
+    return INS_BS_DATA;
+}
+
+static int cloop_read(struct ins_image *img, void *buf, size_t len,
+                      uint64_t offset)
+{
+    struct cloop_image *ci = (struct cloop_image *)img;
+    uint8_t *p = buf;
+
+    while (len > 0) {
+        uint64_t block = offset / ci->block_size;
+        uint32_t in_block = (uint32_t)(offset % ci->block_size);
+        size_t n = ci->block_size - in_block < len ? ci->block_size - in_block : len;
+        int rc;
+
+        if (block >= ci->n_blocks)      /* the read layer stops at the size */
+            return cloop_eio(ci, ci->n_blocks, "past the last block");
+        rc = cloop_load_block(ci, (uint32_t)block);
+        if (rc < 0)
+            return rc;
+        memcpy(p, ci->block + in_block, n);
+        p += n;
+        offset += n;
+        len -= n;
+    }
+    return INS_OK;
 }
 
 const struct ins_driver ins_drv_cloop = {
@@ -138,4 +311,6 @@ const struct ins_driver ins_drv_cloop = {
     .open = cloop_open,
     .info = cloop_info,
     .close = cloop_close,
+    .block_status = cloop_block_status,
+    .read = cloop_read,
 };

@@ -259,6 +259,7 @@ struct ins_bstat {
 
 /* Open flags. */
 #define INS_O_PROBED   0x01     /* format came from probing, not -f */
+#define INS_O_READ     0x02     /* opened to read guest data, not only for info */
 
 struct ins_driver {
     const char *name;           /* qemu's format name: "qcow2", "vpc", ... */

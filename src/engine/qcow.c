@@ -5,11 +5,14 @@
  * tables of cluster offsets (bit 63 marks a compressed cluster).  The
  * header may name a backing file (no format is stored); info reports it
  * and does not open it.  AES encryption is reported, never decrypted:
- * qemu-img info opens without the key.
+ * qemu-img info opens without the key, and reading is refused as qemu-img
+ * refuses it without one.  Compressed clusters are raw deflate streams
+ * inflated into one cached cluster, exactly as qemu accepts them.
  */
 #include "engine.h"
 
 #include <string.h>
+#include <zlib.h>
 
 #define QCOW_MAGIC          0x514649fbu     /* "QFI\xfb" */
 #define QCOW_VERSION        1
@@ -41,6 +44,10 @@ struct qcow_image {
     uint64_t *l1;               /* loaded on first read */
     uint64_t *l2;               /* the last L2 table read, at l2_offset */
     uint64_t l2_offset;
+    /* The last compressed cluster inflated (qemu's cluster_cache). */
+    uint8_t *cache;
+    uint8_t *cdata;             /* its compressed bytes */
+    uint64_t cache_offset;      /* UINT64_MAX: none */
 };
 
 /* qcow_probe(): a whole header with the magic and version 1. */
@@ -72,6 +79,13 @@ static int io_error(struct ins_ctx *ctx, struct ins_bdev *file)
                      file->name ? file->name : "");
 }
 
+/* What qemu-img map, compare and convert say about an encrypted image. */
+static int no_key(struct ins_ctx *ctx)
+{
+    return ins_error(ctx, INS_ENOTSUP,
+                     "Parameter 'encrypt.key-secret' is required for cipher");
+}
+
 static void qcow_close(struct ins_image *img)
 {
     struct qcow_image *qi = (struct qcow_image *)img;
@@ -81,6 +95,8 @@ static void qcow_close(struct ins_image *img)
     ins_free(img->ctx, qi->backing_file);
     ins_free(img->ctx, qi->l1);
     ins_free(img->ctx, qi->l2);
+    ins_free(img->ctx, qi->cache);
+    ins_free(img->ctx, qi->cdata);
     ins_free(img->ctx, qi);
 }
 
@@ -128,12 +144,14 @@ static int qcow_open(struct ins_ctx *ctx, struct ins_bdev *file,
     uint32_t backing_len;
     int rc;
 
-    (void)flags;
     if (ins_read_zfill(file, h, sizeof(h), 0) < 0)
         return io_error(ctx, file);
     rc = qcow_check(ctx, h);
     if (rc < 0)
         return rc;
+    /* qemu-img opens for I/O only with the key, which instar never takes. */
+    if ((flags & INS_O_READ) && ins_be32(h + 36) != 0)
+        return no_key(ctx);
     qi = ins_calloc(ctx, 1, sizeof(*qi));
     if (!qi)
         return ins_error(ctx, INS_ENOMEM, "Out of memory");
@@ -143,6 +161,7 @@ static int qcow_open(struct ins_ctx *ctx, struct ins_bdev *file,
     size = ins_be64(h + 24);
     qi->cluster_bits = h[32];
     qi->l2_bits = h[33];
+    qi->cache_offset = UINT64_MAX;
     qi->crypt_method = ins_be32(h + 36);
     qi->l1_offset = ins_be64(h + 40);
     qi->l1_size = (size + (1ull << (qi->cluster_bits + qi->l2_bits)) - 1) >>
@@ -201,6 +220,16 @@ static int qcow_info(struct ins_image *img, struct tree_builder *tb,
 
 /* ---- reading ---- */
 
+static void *z_alloc(void *opaque, unsigned items, unsigned size)
+{
+    return ins_calloc(opaque, items, size);
+}
+
+static void z_free(void *opaque, void *p)
+{
+    ins_free(opaque, p);
+}
+
 static int read_be64_table(struct qcow_image *qi, uint64_t offset,
                            uint64_t *table, size_t n)
 {
@@ -235,31 +264,22 @@ static int qcow_load_l1(struct qcow_image *qi)
     return INS_OK;
 }
 
-/*
- * qcow_co_block_status() for one cluster: unallocated clusters belong to
- * the backing file; compressed and encrypted clusters are data without an
- * offset (and we read neither).
- */
-static int qcow_block_status(struct ins_image *img, uint64_t offset,
-                             uint64_t bytes, struct ins_bstat *st)
+/* get_cluster_offset() without allocation: the L2 entry of the cluster
+ * holding guest offset `offset`, 0 when unallocated. */
+static int qcow_entry(struct qcow_image *qi, uint64_t offset, uint64_t *entry)
 {
-    struct qcow_image *qi = (struct qcow_image *)img;
-    struct ins_ctx *ctx = img->ctx;
-    uint64_t cs = 1ull << qi->cluster_bits;
+    struct ins_ctx *ctx = qi->base.ctx;
     uint64_t l1_index = offset >> (qi->cluster_bits + qi->l2_bits);
     uint64_t l2_index = (offset >> qi->cluster_bits) & ((1ull << qi->l2_bits) - 1);
-    uint64_t in_cluster = offset & (cs - 1);
-    uint64_t l2_offset, entry;
+    uint64_t l2_offset;
     int rc;
 
+    *entry = 0;
     rc = qcow_load_l1(qi);
     if (rc < 0)
         return rc;
-    st->pnum = cs - in_cluster;
-    if (st->pnum > bytes)
-        st->pnum = bytes;
     if (l1_index >= qi->l1_size || (l2_offset = qi->l1[l1_index]) == 0)
-        return 0;
+        return INS_OK;
     if (!qi->l2) {
         qi->l2 = ins_malloc(ctx, (size_t)8 << qi->l2_bits);
         if (!qi->l2)
@@ -274,38 +294,123 @@ static int qcow_block_status(struct ins_image *img, uint64_t offset,
             return rc;
         qi->l2_offset = l2_offset;
     }
-    entry = qi->l2[l2_index];
+    *entry = qi->l2[l2_index];
+    return INS_OK;
+}
+
+/*
+ * qcow_co_block_status() for one cluster: unallocated clusters belong to
+ * the backing file; compressed clusters are data without an offset.
+ * qemu maps a plain cluster at entry | offset-in-cluster (an OR: a
+ * misaligned entry shows as qemu shows it).  Encrypted images never get
+ * here in qemu-img (no key); we refuse them the same way.
+ */
+static int qcow_block_status(struct ins_image *img, uint64_t offset,
+                             uint64_t bytes, struct ins_bstat *st)
+{
+    struct qcow_image *qi = (struct qcow_image *)img;
+    uint64_t cs = 1ull << qi->cluster_bits;
+    uint64_t in_cluster = offset & (cs - 1);
+    uint64_t entry;
+    int rc;
+
+    if (qi->crypt_method)
+        return no_key(img->ctx);
+    rc = qcow_entry(qi, offset, &entry);
+    if (rc < 0)
+        return rc;
+    st->pnum = cs - in_cluster;
+    if (st->pnum > bytes)
+        st->pnum = bytes;
     if (entry == 0)
         return 0;
-    if ((entry & QCOW_OFLAG_COMPRESSED) || qi->crypt_method)
+    if (entry & QCOW_OFLAG_COMPRESSED)
         return INS_BS_DATA | INS_BS_COMPRESSED;
-    st->map = entry + in_cluster;
+    st->map = entry | in_cluster;
     st->file = img->file;
     return INS_BS_DATA | INS_BS_OFFSET_VALID;
 }
 
+/*
+ * decompress_cluster(): the compressed cluster at `entry` into qi->cache.
+ * Bits 62 .. 63 - cluster_bits hold the compressed size (less than a
+ * cluster), the bits below the offset.  qemu runs one raw inflate with
+ * Z_FINISH into a cluster-sized buffer and accepts it if the buffer is
+ * full, whether the stream ended there or had more (Z_BUF_ERROR): the
+ * output can never pass the cluster.  The cache is keyed by offset alone,
+ * as qemu's is.
+ */
+static int qcow_decompress(struct qcow_image *qi, uint64_t entry)
+{
+    struct ins_ctx *ctx = qi->base.ctx;
+    uint64_t cs = 1ull << qi->cluster_bits;
+    uint64_t coffset = entry & ((1ull << (63 - qi->cluster_bits)) - 1);
+    uint64_t csize = (entry >> (63 - qi->cluster_bits)) & (cs - 1);
+    z_stream z;
+    int zr;
+
+    if (qi->cache_offset == coffset)
+        return INS_OK;
+    if (!qi->cache)
+        qi->cache = ins_malloc(ctx, (size_t)cs);
+    if (!qi->cdata)
+        qi->cdata = ins_malloc(ctx, (size_t)cs);
+    if (!qi->cache || !qi->cdata)
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    qi->cache_offset = UINT64_MAX;
+    if (!bdrv_request_ok(coffset, csize) ||
+        ins_read_zfill(qi->base.file, qi->cdata, (size_t)csize, coffset) < 0)
+        return ins_error(ctx, INS_EIO, "could not read a compressed qcow cluster");
+    memset(&z, 0, sizeof(z));
+    z.zalloc = z_alloc;
+    z.zfree = z_free;
+    z.opaque = ctx;
+    if (inflateInit2(&z, -12) != Z_OK)
+        return ins_error(ctx, INS_EIO, "could not start zlib");
+    z.next_in = qi->cdata;
+    z.avail_in = (uInt)csize;
+    z.next_out = qi->cache;
+    z.avail_out = (uInt)cs;
+    zr = inflate(&z, Z_FINISH);
+    inflateEnd(&z);
+    if ((zr != Z_STREAM_END && zr != Z_BUF_ERROR) || z.avail_out != 0)
+        return ins_error(ctx, INS_EIO, "corrupt compressed qcow cluster");
+    qi->cache_offset = coffset;
+    return INS_OK;
+}
+
+/* qcow_co_preadv() for the clusters this layer holds. */
 static int qcow_read(struct ins_image *img, void *buf, size_t len,
                      uint64_t offset)
 {
+    struct qcow_image *qi = (struct qcow_image *)img;
+    uint64_t cs = 1ull << qi->cluster_bits;
     uint8_t *p = buf;
 
+    if (qi->crypt_method)
+        return no_key(img->ctx);
     while (len > 0) {
-        struct ins_bstat st;
-        size_t n;
-        int rc = qcow_block_status(img, offset, len, &st);
+        uint64_t in_cluster = offset & (cs - 1), entry;
+        size_t n = cs - in_cluster < len ? (size_t)(cs - in_cluster) : len;
+        int rc = qcow_entry(qi, offset, &entry);
 
         if (rc < 0)
             return rc;
-        n = (size_t)st.pnum;
-        if (rc & INS_BS_COMPRESSED)
-            return ins_error(img->ctx, INS_ENOTSUP, "reading compressed or "
-                             "encrypted qcow clusters is not supported");
-        if (rc & INS_BS_DATA)
-            rc = ins_read_zfill(img->file, p, n, st.map);
-        else
+        if (entry == 0) {
             memset(p, 0, n);
-        if (rc < 0)
-            return rc;
+        } else if (entry & QCOW_OFLAG_COMPRESSED) {
+            rc = qcow_decompress(qi, entry);
+            if (rc < 0)
+                return rc;
+            memcpy(p, qi->cache + in_cluster, n);
+        } else {
+            /* qemu: EIO for a cluster not on a sector boundary. */
+            if ((entry & 511) != 0 || !bdrv_request_ok(entry + in_cluster, n))
+                return ins_error(img->ctx, INS_EIO, "qcow cluster offset is invalid");
+            rc = ins_read_zfill(img->file, p, n, entry + in_cluster);
+            if (rc < 0)
+                return rc;
+        }
         p += n;
         offset += n;
         len -= n;

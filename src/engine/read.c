@@ -76,7 +76,7 @@ int ins_image_open(struct ins_ctx *ctx, struct ins_bdev *file,
     struct ins_image *top = NULL, *img;
     int depth, rc;
 
-    rc = drv->open(ctx, file, flags, &top);
+    rc = drv->open(ctx, file, flags | INS_O_READ, &top);
     if (rc < 0)
         return rc;
     if (!drv->read || !drv->block_status) {
@@ -104,7 +104,7 @@ int ins_image_open(struct ins_ctx *ctx, struct ins_bdev *file,
         if (rc == 0)
             rc = ins_select_driver(ctx, bd, format && format[0] ? format : NULL, 1, &bdrv);
         if (rc == 0)
-            rc = bdrv->open(ctx, bd, 0, &next);
+            rc = bdrv->open(ctx, bd, INS_O_READ, &next);
         if (rc < 0) {
             rc = backing_error(ctx, rc);
             goto fail;

@@ -329,6 +329,8 @@ static void snapshot_row(FILE *out, const struct tree *sn,
     render_size(size_buf, sizeof(size_buf), (uint64_t)vmsize, ignore_quirks);
     if (ok)
         snprintf(icount_buf, sizeof(icount_buf), "%lld", (long long)icount);
+    else if (profile_at_least(prof, 9, 0))
+        snprintf(icount_buf, sizeof(icount_buf), "--");
     if (profile_at_least(prof, 9, 0))
         fprintf(out, "%-7s %-16s %8s %19s %15s %10s", id ? id : "",
                 name ? name : "", size_buf, date, clock_buf, icount_buf);

@@ -378,6 +378,14 @@ int ins_image_open(struct ins_ctx *ctx, struct ins_bdev *file,
                    int open_backing, struct ins_image **out);
 void ins_image_close(struct ins_image *img);
 
+/*
+ * A driver's read hook for the common case: every DATA (or RAW) run that
+ * block_status reports lives in st->file at st->map; anything else reads
+ * as zeros.
+ */
+int ins_read_mapped(struct ins_image *img, void *buf, size_t len,
+                    uint64_t offset);
+
 /* Guest bytes through the chain; unallocated ranges read as zeros. */
 int ins_image_read(struct ins_image *img, void *buf, size_t len,
                    uint64_t offset);

@@ -650,32 +650,6 @@ static int prl_block_status(struct ins_image *img, uint64_t offset,
     return INS_BS_DATA | INS_BS_OFFSET_VALID;
 }
 
-static int prl_read(struct ins_image *img, void *buf, size_t len,
-                    uint64_t offset)
-{
-    uint8_t *p = buf;
-
-    while (len > 0) {
-        struct ins_bstat st;
-        size_t n;
-        int rc = prl_block_status(img, offset, len, &st);
-
-        if (rc < 0)
-            return rc;
-        n = (size_t)st.pnum;
-        if (rc & INS_BS_DATA)
-            rc = ins_read_zfill(img->file, p, n, st.map);
-        else
-            memset(p, 0, n);
-        if (rc < 0)
-            return rc;
-        p += n;
-        offset += n;
-        len -= n;
-    }
-    return INS_OK;
-}
-
 const struct ins_driver ins_drv_parallels = {
     .name = "parallels",
     .probe = prl_probe,
@@ -683,7 +657,7 @@ const struct ins_driver ins_drv_parallels = {
     .info = prl_info,
     .close = prl_close,
     .block_status = prl_block_status,
-    .read = prl_read,
+    .read = ins_read_mapped,
     /* qemu's driver supports a backing file given by options (none is
      * stored), so unallocated clusters are the backing's, or zeros. */
     .supports_backing = 1,

@@ -345,32 +345,6 @@ static int qed_block_status(struct ins_image *img, uint64_t offset,
     return INS_BS_DATA | INS_BS_OFFSET_VALID;
 }
 
-static int qed_read(struct ins_image *img, void *buf, size_t len,
-                    uint64_t offset)
-{
-    uint8_t *p = buf;
-
-    while (len > 0) {
-        struct ins_bstat st;
-        size_t n;
-        int rc = qed_block_status(img, offset, len, &st);
-
-        if (rc < 0)
-            return rc;
-        n = (size_t)st.pnum;
-        if (rc & INS_BS_DATA)
-            rc = ins_read_zfill(img->file, p, n, st.map);
-        else
-            memset(p, 0, n);
-        if (rc < 0)
-            return rc;
-        p += n;
-        offset += n;
-        len -= n;
-    }
-    return INS_OK;
-}
-
 static int qed_backing(struct ins_image *img, const char **name,
                        const char **format)
 {
@@ -388,7 +362,7 @@ const struct ins_driver ins_drv_qed = {
     .info = qed_info,
     .close = qed_close,
     .block_status = qed_block_status,
-    .read = qed_read,
+    .read = ins_read_mapped,
     .backing = qed_backing,
     .supports_backing = 1,
 };

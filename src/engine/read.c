@@ -291,6 +291,38 @@ int ins_status_above(struct ins_image *img, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
+int ins_read_mapped(struct ins_image *img, void *buf, size_t len,
+                    uint64_t offset)
+{
+    uint8_t *p = buf;
+
+    while (len > 0) {
+        struct ins_bstat st;
+        size_t n;
+        int rc;
+
+        memset(&st, 0, sizeof(st));
+        rc = img->drv->block_status(img, offset, len, &st);
+        if (rc < 0)
+            return rc;
+        if (st.pnum == 0)
+            return ins_error(img->ctx, INS_EIO, "%s driver returned an empty extent",
+                             img->drv->name);
+        n = st.pnum < len ? (size_t)st.pnum : len;
+        if ((rc & (INS_BS_DATA | INS_BS_RAW)) && (rc & INS_BS_OFFSET_VALID)) {
+            rc = ins_read_zfill(st.file ? st.file : img->file, p, n, st.map);
+            if (rc < 0)
+                return rc;
+        } else {
+            memset(p, 0, n);
+        }
+        p += n;
+        offset += n;
+        len -= n;
+    }
+    return INS_OK;
+}
+
 int ins_image_read(struct ins_image *img, void *buf, size_t len,
                    uint64_t offset)
 {

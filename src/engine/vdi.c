@@ -261,32 +261,6 @@ static int vdi_block_status(struct ins_image *img, uint64_t offset,
            (vi->image_type == VDI_TYPE_STATIC ? INS_BS_RECURSE : 0);
 }
 
-static int vdi_read(struct ins_image *img, void *buf, size_t len,
-                    uint64_t offset)
-{
-    uint8_t *p = buf;
-
-    while (len > 0) {
-        struct ins_bstat st;
-        size_t n;
-        int rc = vdi_block_status(img, offset, len, &st);
-
-        if (rc < 0)
-            return rc;
-        n = (size_t)st.pnum;
-        if (rc & INS_BS_DATA)
-            rc = ins_read_zfill(img->file, p, n, st.map);
-        else
-            memset(p, 0, n);
-        if (rc < 0)
-            return rc;
-        p += n;
-        offset += n;
-        len -= n;
-    }
-    return INS_OK;
-}
-
 static void vdi_close(struct ins_image *img)
 {
     struct vdi_image *vi = (struct vdi_image *)img;
@@ -304,5 +278,5 @@ const struct ins_driver ins_drv_vdi = {
     .info = vdi_info,
     .close = vdi_close,
     .block_status = vdi_block_status,
-    .read = vdi_read,
+    .read = ins_read_mapped,
 };

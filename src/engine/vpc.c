@@ -408,33 +408,6 @@ static int vpc_block_status(struct ins_image *img, uint64_t offset,
     return INS_BS_ZERO;
 }
 
-static int vpc_read(struct ins_image *img, void *buf, size_t len,
-                    uint64_t offset)
-{
-    uint8_t *p = buf;
-
-    while (len > 0) {
-        struct ins_bstat st;
-        size_t n;
-        int rc = vpc_block_status(img, offset, len, &st);
-
-        if (rc < 0)
-            return rc;
-        n = st.pnum < len ? (size_t)st.pnum : len;
-        if (rc & INS_BS_DATA) {
-            rc = ins_read_zfill(img->file, p, n, st.map);
-            if (rc < 0)
-                return rc;
-        } else {
-            memset(p, 0, n);
-        }
-        p += n;
-        offset += n;
-        len -= n;
-    }
-    return INS_OK;
-}
-
 const struct ins_driver ins_drv_vpc = {
     .name = "vpc",
     .probe = vpc_probe,
@@ -442,5 +415,5 @@ const struct ins_driver ins_drv_vpc = {
     .info = vpc_info,
     .close = vpc_close,
     .block_status = vpc_block_status,
-    .read = vpc_read,
+    .read = ins_read_mapped,
 };

@@ -114,8 +114,7 @@ int cmd_compare(struct options *o, int argc, char **argv)
         case 'U':
             break;
         case 'I':
-            die_msg(o, "--image-opts is not supported: option strings can name "
-                    "arbitrary files and protocols; pass a file name");
+            refuse_image_opts(o);
             return 2;
         default:
             return option_error(o, "compare", c, argv[optind - 1]);
@@ -129,16 +128,7 @@ int cmd_compare(struct options *o, int argc, char **argv)
     name[0] = argv[optind];
     name[1] = argv[optind + 1];
     for (i = 0; i < 2; i++) {
-        if (strncmp(name[i], "json:", 5) == 0) {
-            die_msg(o, "Could not open '%s': json: file names are not supported",
-                    name[i]);
-            return 2;
-        }
-        if (fmt[i] && !ins_find_driver(fmt[i])) {
-            die_msg(o, "Could not open '%s': Unknown driver '%s'", name[i], fmt[i]);
-            return 2;
-        }
-        fds[i] = host_open_image(o, name[i], O_RDONLY);
+        fds[i] = host_open_checked(o, name[i], fmt[i]);
         if (fds[i] < 0) {
             if (i)
                 close(fds[0]);

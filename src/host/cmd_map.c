@@ -196,8 +196,7 @@ int cmd_map(struct options *o, int argc, char **argv)
         case 'U':
             break;
         case 'I':
-            die_msg(o, "--image-opts is not supported: option strings can name "
-                    "arbitrary files and protocols; pass a file name");
+            refuse_image_opts(o);
             return 1;
         default:
             return option_error(o, "map", c, argv[optind - 1]);
@@ -209,15 +208,7 @@ int cmd_map(struct options *o, int argc, char **argv)
         return 1;
     }
     filename = argv[optind];
-    if (strncmp(filename, "json:", 5) == 0) {
-        die_msg(o, "Could not open '%s': json: file names are not supported", filename);
-        return 1;
-    }
-    if (format && !ins_find_driver(format)) {
-        die_msg(o, "Could not open '%s': Unknown driver '%s'", filename, format);
-        return 1;
-    }
-    fd = host_open_image(o, filename, O_RDONLY);
+    fd = host_open_checked(o, filename, format);
     if (fd < 0)
         return 1;
     if (options_policy(o, &pol, filename) < 0) {

@@ -32,6 +32,27 @@ int host_open_image(const struct options *o, const char *filename, int flags)
     return fd;
 }
 
+int host_open_checked(const struct options *o, const char *filename,
+                      const char *format)
+{
+    if (strncmp(filename, "json:", 5) == 0) {
+        die_msg(o, "Could not open '%s': json: file names are not supported "
+                "(they can name arbitrary files and protocols)", filename);
+        return -1;
+    }
+    if (format && !ins_find_driver(format)) {
+        die_msg(o, "Could not open '%s': Unknown driver '%s'", filename, format);
+        return -1;
+    }
+    return host_open_image(o, filename, O_RDONLY);
+}
+
+void refuse_image_opts(const struct options *o)
+{
+    die_msg(o, "--image-opts is not supported: option strings can name "
+            "arbitrary files and protocols; pass a file name");
+}
+
 static const char *ref_what(enum ins_ref_kind kind)
 {
     switch (kind) {

@@ -18,6 +18,13 @@ struct image_job {
  * -1 on failure. */
 int host_open_image(const struct options *o, const char *filename, int flags);
 
+/* The same, after refusing json: names and unknown -f formats. */
+int host_open_checked(const struct options *o, const char *filename,
+                      const char *format);
+
+/* --image-opts is refused: its option strings can name any file. */
+void refuse_image_opts(const struct options *o);
+
 /* The engine-side open: bdev over fds[0], format from job or detection. */
 int job_open_driver(struct ins_ctx *ctx, const struct image_job *job,
                     int fd, struct ins_bdev *bd,

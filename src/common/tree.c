@@ -110,6 +110,19 @@ struct tree *tree_new_strn(struct tree_builder *tb, const char *s, size_t len)
     return t;
 }
 
+struct tree *tree_new_blob(struct tree_builder *tb, const void *data, size_t len)
+{
+    struct tree *t = new_node(tb, TREE_BLOB);
+
+    if (!t)
+        return NULL;
+    t->v.str.s = dup_bytes(tb, data, len);
+    if (!t->v.str.s)
+        return NULL;
+    t->v.str.len = len;
+    return t;
+}
+
 struct tree *tree_new_str(struct tree_builder *tb, const char *s)
 {
     return tree_new_strn(tb, s, s ? strlen(s) : 0);
@@ -271,7 +284,7 @@ void tree_free(struct ins_alloc *alloc, struct tree *t)
 
         if (t->type == TREE_DICT || t->type == TREE_LIST)
             tree_free(alloc, t->v.kids.first);
-        else if (t->type == TREE_STR)
+        else if (t->type == TREE_STR || t->type == TREE_BLOB)
             alloc->free(alloc->opaque, t->v.str.s);
         alloc->free(alloc->opaque, t->key);
         alloc->free(alloc->opaque, t);
@@ -365,6 +378,7 @@ static void encode_node(struct outbuf *o, const struct tree *t, int in_dict)
         out_u64(o, t->v.u);
         break;
     case TREE_STR:
+    case TREE_BLOB:
         if (t->v.str.len > UINT32_MAX) {
             o->failed = 1;
             return;
@@ -439,8 +453,9 @@ static uint64_t in_u64(struct inbuf *in)
     return v;
 }
 
-/* Reads a length-prefixed string with no NUL inside it. */
-static char *in_string(struct inbuf *in, struct tree_builder *tb, size_t *lenp)
+/* Reads a length-prefixed string (with no NUL inside it unless binary). */
+static char *in_bytes_str(struct inbuf *in, struct tree_builder *tb,
+                          size_t *lenp, int binary)
 {
     uint32_t len = in_u32(in);
     char *s;
@@ -449,7 +464,7 @@ static char *in_string(struct inbuf *in, struct tree_builder *tb, size_t *lenp)
         in->failed = 1;
         return NULL;
     }
-    if (memchr(in->p, '\0', len)) {
+    if (!binary && memchr(in->p, '\0', len)) {
         in->failed = 1;
         return NULL;
     }
@@ -465,6 +480,11 @@ static char *in_string(struct inbuf *in, struct tree_builder *tb, size_t *lenp)
     return s;
 }
 
+static char *in_string(struct inbuf *in, struct tree_builder *tb, size_t *lenp)
+{
+    return in_bytes_str(in, tb, lenp, 0);
+}
+
 static struct tree *decode_node(struct inbuf *in, struct tree_builder *tb,
                                 int in_dict, int depth)
 {
@@ -478,7 +498,7 @@ static struct tree *decode_node(struct inbuf *in, struct tree_builder *tb,
     }
     if (in_bytes(in, &type, 1) < 0)
         return NULL;
-    if (type < TREE_BOOL || type > TREE_LIST) {
+    if (type < TREE_BOOL || type > TREE_BLOB) {
         in->failed = 1;
         return NULL;
     }
@@ -509,6 +529,9 @@ static struct tree *decode_node(struct inbuf *in, struct tree_builder *tb,
         break;
     case TREE_STR:
         t->v.str.s = in_string(in, tb, &t->v.str.len);
+        break;
+    case TREE_BLOB:
+        t->v.str.s = in_bytes_str(in, tb, &t->v.str.len, 1);
         break;
     case TREE_DICT:
     case TREE_LIST:

@@ -36,6 +36,7 @@ enum tree_type {
     TREE_STR = 4,
     TREE_DICT = 5,
     TREE_LIST = 6,
+    TREE_BLOB = 7,      /* bytes, NUL allowed; for packed records, never printed */
 };
 
 struct tree {
@@ -72,6 +73,7 @@ struct tree *tree_new_strn(struct tree_builder *tb, const char *s, size_t len);
 struct tree *tree_new_int(struct tree_builder *tb, int64_t i);
 struct tree *tree_new_uint(struct tree_builder *tb, uint64_t u);
 struct tree *tree_new_bool(struct tree_builder *tb, int b);
+struct tree *tree_new_blob(struct tree_builder *tb, const void *data, size_t len);
 
 /* Attach a value to a dict under key, or to the end of a list.
  * Both return the value (NULL when anything is NULL or failed). */

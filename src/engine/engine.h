@@ -310,6 +310,17 @@ struct ins_driver {
     int (*backing)(struct ins_image *img, const char **name,
                    const char **format);
     int supports_backing;
+    /*
+     * Optional: qemu's bdrv_snapshot_load_tmp for this format.  Switches
+     * the image's view to the internal snapshot matching id and/or name
+     * (whichever is not NULL; both must match when both are given) until
+     * close.  Returns INS_OK, or INS_ENOENT "Can't find snapshot",
+     * INS_EINVAL, INS_EFBIG... with qemu's message in ctx->errmsg (the
+     * caller adds "Failed to load snapshot: ").  Formats without it
+     * cannot load snapshots.  Call through ins_image_load_snapshot.
+     */
+    int (*load_snapshot)(struct ins_image *img, const char *id,
+                         const char *name);
 };
 
 #define INS_PROBE_LEN 2048
@@ -386,6 +397,18 @@ void ins_image_close(struct ins_image *img);
 int ins_read_mapped(struct ins_image *img, void *buf, size_t len,
                     uint64_t offset);
 
+/*
+ * qemu's bdrv_snapshot_load_tmp(): the image's view becomes its internal
+ * snapshot with this id and/or name (the backing chain is unchanged).
+ * On error returns INS_E* with qemu's message in ctx->errmsg (without
+ * qemu-img's "Failed to load snapshot: ").  (engine/snapshot.c)
+ */
+int ins_image_load_snapshot(struct ins_image *img, const char *id,
+                            const char *name);
+/* bdrv_snapshot_load_tmp_by_id_or_name(): by id, then by name. */
+int ins_image_load_snapshot_by_id_or_name(struct ins_image *img,
+                                          const char *id_or_name);
+
 /* Guest bytes through the chain; unallocated ranges read as zeros. */
 int ins_image_read(struct ins_image *img, void *buf, size_t len,
                    uint64_t offset);
@@ -411,14 +434,21 @@ uint64_t ins_file_length(const struct ins_bdev *bd);
 /*
  * map: qemu-img map's entries for guest bytes [start, start + max_length)
  * (max_length < 0: to the end), sent through ctx->emit in batches:
- * {"files": [names...], "entries": [[start, length, depth, flags, offset,
- * file index or -1], ...]} with flags 1 present, 2 zero, 4 data,
- * 8 compressed, 16 has offset.  human applies qemu's human-format rules
+ * {"files": [names...], "records": blob} where the blob holds
+ * MAP_RECORD_SIZE-byte records, little-endian: u64 start, u64 length,
+ * i64 depth, u64 offset, i64 file index (-1: none), u8 flags (MAPF_*).  human applies qemu's human-format rules
  * (only data entries, compressed clusters are an error);
  * with_compressed makes compression part of merging (qemu 8.0 and later).
  */
 int ins_op_map(struct ins_ctx *ctx, struct ins_image *img, uint64_t start,
                int64_t max_length, int human, int with_compressed);
+
+#define MAP_RECORD_SIZE 41
+#define MAPF_PRESENT    0x01
+#define MAPF_ZERO       0x02
+#define MAPF_DATA       0x04
+#define MAPF_COMPRESSED 0x08
+#define MAPF_HAS_OFFSET 0x10
 
 /*
  * compare: qemu-img compare of two open images.  Fills *out_text (stdout:

@@ -8,9 +8,10 @@
  */
 #include "engine.h"
 
+#include <stddef.h>
 #include <string.h>
 
-#define MAP_BATCH 512
+#define MAP_BATCH 4096
 #define MAP_MAX_FILES 4096
 
 struct map_entry {
@@ -23,7 +24,8 @@ struct map_entry {
 struct map_out {
     struct ins_ctx *ctx;
     struct tree_builder tb;
-    struct tree *batch, *entries, *files;
+    struct tree *batch, *files;
+    uint8_t records[MAP_BATCH * MAP_RECORD_SIZE];
     size_t n_entries;
     struct ins_bdev *known[MAP_MAX_FILES];   /* file index -> bdev */
     size_t n_known;
@@ -97,12 +99,14 @@ static int flush(struct map_out *mo)
 
     if (!mo->batch)
         return INS_OK;
+    tree_put(&mo->tb, mo->batch, "records",
+             tree_new_blob(&mo->tb, mo->records, mo->n_entries * MAP_RECORD_SIZE));
     if (mo->tb.failed)
         rc = ins_error(mo->ctx, INS_ENOMEM, "Out of memory");
     else if (mo->ctx->emit)
         rc = mo->ctx->emit(mo->ctx, mo->batch);
     tree_free(mo->tb.alloc, mo->batch);
-    mo->batch = mo->entries = mo->files = NULL;
+    mo->batch = mo->files = NULL;
     mo->n_entries = 0;
     mo->tb.bytes = 0;
     return rc;
@@ -122,16 +126,17 @@ static int64_t file_index(struct map_out *mo, struct ins_bdev *bd)
     return (int64_t)mo->n_known++;
 }
 
-/* Flag bits of an entry on the wire. */
-#define MAPF_PRESENT    0x01
-#define MAPF_ZERO       0x02
-#define MAPF_DATA       0x04
-#define MAPF_COMPRESSED 0x08
-#define MAPF_HAS_OFFSET 0x10
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    int i;
+
+    for (i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
 
 static int send_entry(struct map_out *mo, const struct map_entry *e)
 {
-    struct tree *rec;
+    uint8_t *rec;
     int64_t idx = -1;
     unsigned flags = (e->present ? MAPF_PRESENT : 0) | (e->zero ? MAPF_ZERO : 0) |
                      (e->data ? MAPF_DATA : 0) |
@@ -141,7 +146,6 @@ static int send_entry(struct map_out *mo, const struct map_entry *e)
     if (!mo->batch) {
         mo->batch = tree_new_dict(&mo->tb);
         mo->files = tree_put_list(&mo->tb, mo->batch, "files");
-        mo->entries = tree_put_list(&mo->tb, mo->batch, "entries");
         /* Indexes restart with every batch's file list. */
         mo->n_known = 0;
     }
@@ -150,13 +154,13 @@ static int send_entry(struct map_out *mo, const struct map_entry *e)
         if (idx < 0)
             return ins_error(mo->ctx, INS_EFBIG, "too many files in the map");
     }
-    rec = tree_append(&mo->tb, mo->entries, tree_new_list(&mo->tb));
-    tree_append(&mo->tb, rec, tree_new_uint(&mo->tb, e->start));
-    tree_append(&mo->tb, rec, tree_new_uint(&mo->tb, e->length));
-    tree_append(&mo->tb, rec, tree_new_int(&mo->tb, e->depth));
-    tree_append(&mo->tb, rec, tree_new_uint(&mo->tb, flags));
-    tree_append(&mo->tb, rec, tree_new_uint(&mo->tb, e->offset));
-    tree_append(&mo->tb, rec, tree_new_int(&mo->tb, idx));
+    rec = mo->records + mo->n_entries * MAP_RECORD_SIZE;
+    put_le64(rec, e->start);
+    put_le64(rec + 8, e->length);
+    put_le64(rec + 16, (uint64_t)e->depth);
+    put_le64(rec + 24, e->offset);
+    put_le64(rec + 32, (uint64_t)idx);
+    rec[40] = (uint8_t)flags;
     if (++mo->n_entries >= MAP_BATCH)
         return flush(mo);
     return mo->tb.failed ? ins_error(mo->ctx, INS_ENOMEM, "Out of memory") : INS_OK;
@@ -186,17 +190,13 @@ static int dump_entry(struct map_out *mo, int human, const struct map_entry *e,
     return send_entry(mo, e);
 }
 
-int ins_op_map(struct ins_ctx *ctx, struct ins_image *img, uint64_t start,
-               int64_t max_length, int human, int with_compressed)
+static int map_walk(struct map_out *mo, struct ins_image *img, uint64_t start,
+                    int64_t max_length, int human, int with_compressed)
 {
-    struct map_out mo;
     struct map_entry curr, next;
     uint64_t length = img->virtual_size;
     int rc;
 
-    memset(&mo, 0, sizeof(mo));
-    mo.ctx = ctx;
-    tree_builder_init(&mo.tb, ctx->alloc);
     if (max_length >= 0 && start <= UINT64_MAX - (uint64_t)max_length &&
         start + (uint64_t)max_length < length)
         length = start + (uint64_t)max_length;
@@ -208,7 +208,7 @@ int ins_op_map(struct ins_ctx *ctx, struct ins_image *img, uint64_t start,
 
         rc = get_block_status(img, offset, length - offset, &next);
         if (rc < 0) {
-            int frc = flush(&mo);
+            int frc = flush(mo);
 
             return frc < 0 ? frc : rc;
         }
@@ -217,14 +217,33 @@ int ins_op_map(struct ins_ctx *ctx, struct ins_image *img, uint64_t start,
             continue;
         }
         if (curr.length > 0) {
-            rc = dump_entry(&mo, human, &curr, &next);
+            rc = dump_entry(mo, human, &curr, &next);
             if (rc < 0)
                 return rc;
         }
         curr = next;
     }
-    rc = dump_entry(&mo, human, &curr, NULL);
+    rc = dump_entry(mo, human, &curr, NULL);
     if (rc < 0)
         return rc;
-    return flush(&mo);
+    return flush(mo);
+}
+
+int ins_op_map(struct ins_ctx *ctx, struct ins_image *img, uint64_t start,
+               int64_t max_length, int human, int with_compressed)
+{
+    /* The record buffer is large: on the heap, not the stack. */
+    struct map_out *mo = ins_malloc(ctx, sizeof(*mo));
+    int rc;
+
+    if (!mo)
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    memset(mo, 0, offsetof(struct map_out, records));
+    mo->ctx = ctx;
+    tree_builder_init(&mo->tb, ctx->alloc);
+    rc = map_walk(mo, img, start, max_length, human, with_compressed);
+    if (mo->batch)
+        tree_free(mo->tb.alloc, mo->batch);
+    ins_free(ctx, mo);
+    return rc;
 }

@@ -440,11 +440,13 @@ static int read_snapshots(struct qcow2_image *st)
         return INS_OK;
     /* nb_snapshots <= 65536 was checked with the header. */
     st->snapshots = ins_calloc(ctx, st->nb_snapshots, sizeof(*st->snapshots));
-    if (!st->snapshots)
+    st->snap_locs = ins_calloc(ctx, st->nb_snapshots, sizeof(*st->snap_locs));
+    if (!st->snapshots || !st->snap_locs)
         return no_memory(ctx);
 
     for (i = 0; i < st->nb_snapshots; i++) {
         struct ins_snapshot *sn = &st->snapshots[i];
+        struct qcow2_snapshot_loc *loc = &st->snap_locs[i];
         uint8_t h[QCOW2_SNAPSHOT_HEADER_SIZE], extra[24];
         uint32_t extra_size, known;
         uint16_t id_size, name_size;
@@ -463,6 +465,11 @@ static int read_snapshots(struct qcow2_image *st)
         sn->vm_state_size = ins_be32(h + 32);
         extra_size = ins_be32(h + 36);
         st->n_snapshots = i + 1;
+        st->n_snap_locs = i + 1;
+        loc->l1_table_offset = ins_be64(h);
+        loc->l1_size = ins_be32(h + 8);
+        loc->id_size = id_size;
+        loc->name_size = name_size;
 
         if (extra_size > QCOW2_MAX_SNAPSHOT_EXTRA_DATA)
             return ins_error(ctx, INS_EFBIG, "Too much extra metadata in "
@@ -487,10 +494,12 @@ static int read_snapshots(struct qcow2_image *st)
             off += rest;
         }
 
+        loc->id_offset = off;
         rc = read_snapshot_string(st, off, id_size, SNAPSHOT_ID_MAX, &sn->id);
         if (rc < 0)
             return rc;
         off += id_size;
+        loc->name_offset = off;
         rc = read_snapshot_string(st, off, name_size, SNAPSHOT_NAME_MAX, &sn->name);
         if (rc < 0)
             return rc;
@@ -801,6 +810,7 @@ static void qcow2_close(struct ins_image *img)
         ins_free(ctx, st->snapshots[i].name);
     }
     ins_free(ctx, st->snapshots);
+    ins_free(ctx, st->snap_locs);
     if (st->bitmaps)
         for (i = 0; i < st->nb_bitmaps; i++)
             ins_free(ctx, st->bitmaps[i].name);
@@ -1178,4 +1188,5 @@ const struct ins_driver ins_drv_qcow2 = {
     .supports_backing = 1,
     .block_status = qcow2_block_status,
     .read = qcow2_read,
+    .load_snapshot = qcow2_load_snapshot,
 };

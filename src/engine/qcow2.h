@@ -65,6 +65,19 @@
 #define QCOW2_L1E_OFFSET_MASK   0x00fffffffffffe00ull
 #define QCOW2_L2E_OFFSET_MASK   0x00fffffffffffe00ull
 
+/* Where one snapshot's L1 table and id/name strings lie in the file, for
+ * loading its view (qcow2_load_snapshot).  The strings are compared in
+ * full as qemu does, so they are re-read rather than kept: a fixed 32
+ * bytes per snapshot. */
+struct qcow2_snapshot_loc {
+    uint64_t l1_table_offset;       /* unchecked until loaded */
+    uint64_t id_offset;
+    uint64_t name_offset;
+    uint32_t l1_size;               /* unchecked until loaded */
+    uint16_t id_size;
+    uint16_t name_size;
+};
+
 /* One bitmap directory entry, as reported by info. */
 struct qcow2_bitmap {
     char *name;
@@ -87,9 +100,11 @@ struct qcow2_image {
     uint64_t size;                  /* the header's size field */
     uint32_t header_length;
 
-    /* Tables: offsets are cluster aligned and offset + size fit in int64. */
+    /* Tables: offsets are cluster aligned and offset + size fit in int64.
+     * The L1 table is the active one, or a loaded snapshot's (which may
+     * not cover the virtual size: entries past l1_size are unallocated). */
     uint64_t l1_table_offset;
-    uint32_t l1_size;               /* entries; covers the virtual size */
+    uint32_t l1_size;               /* entries */
     uint64_t refcount_table_offset;
     uint32_t refcount_table_clusters;
     uint64_t snapshots_offset;
@@ -120,6 +135,9 @@ struct qcow2_image {
      * qemu's QEMUSnapshotInfo does). */
     struct ins_snapshot *snapshots;
     size_t n_snapshots;
+    /* The same snapshots' locations (kept when info takes the list). */
+    struct qcow2_snapshot_loc *snap_locs;
+    size_t n_snap_locs;
 
     struct qcow2_reader *reader;    /* read state (qcow2_read.c), lazily */
 };

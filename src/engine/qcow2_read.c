@@ -46,6 +46,9 @@ struct qcow2_reader {
     uint32_t sc_per_cluster;    /* 1 or 32 */
     uint8_t *refblock;          /* one refcount block */
     uint64_t refblock_offset;
+    uint64_t rt_index;          /* refcount table entry last read ... */
+    uint64_t rt_entry;          /* ... and its value (rt_valid) */
+    int rt_valid;
     uint8_t *cin;               /* compressed input */
     size_t cin_len;
     uint8_t *cluster;           /* last decompressed cluster */
@@ -65,56 +68,61 @@ static int has_data_file(const struct qcow2_image *st)
     return (st->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) != 0;
 }
 
-static struct qcow2_reader *reader(struct qcow2_image *st)
+/*
+ * Sets up st->reader, reading the current L1 table (the active one, or a
+ * loaded snapshot's); on failure to read it the message is l1_error.
+ */
+static int make_reader(struct qcow2_image *st, const char *l1_error)
 {
     struct ins_ctx *ctx = st->base.ctx;
-    struct qcow2_reader *r = st->reader;
+    struct qcow2_reader *r;
     size_t l1_bytes;
     uint32_t i;
+    int rc;
 
-    if (r)
-        return r;
-    if (st->crypt_method != QCOW2_CRYPT_NONE) {
-        ins_error(ctx, INS_ENOTSUP, "reading encrypted qcow2 images is not "
-                  "supported (no decryption)");
-        return NULL;
-    }
+    if (st->crypt_method != QCOW2_CRYPT_NONE)
+        return ins_error(ctx, INS_ENOTSUP, "reading encrypted qcow2 images "
+                         "is not supported (no decryption)");
     r = ins_calloc(ctx, 1, sizeof(*r));
     if (!r)
-        goto oom;
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    st->reader = r;
     r->l2_entry_size = st->extended_l2 ? 16 : 8;
     r->l2_entries = (uint32_t)(st->cluster_size / r->l2_entry_size);
     r->sc_per_cluster = st->extended_l2 ? 32 : 1;
     r->sc_bits = st->cluster_bits - (st->extended_l2 ? 5 : 0);
     r->data = st->data_bdev ? st->data_bdev : st->base.file;
+    /* l1_size is at most QCOW2_MAX_L1_SIZE / 8 (checked at open, and when
+     * a snapshot is loaded). */
     l1_bytes = (size_t)st->l1_size * 8;
     r->l1 = ins_malloc(ctx, l1_bytes ? l1_bytes : 1);
     r->l2 = ins_malloc(ctx, st->cluster_size);
     r->refblock = ins_malloc(ctx, st->cluster_size);
     r->cluster = ins_malloc(ctx, st->cluster_size);
-    if (!r->l1 || !r->l2 || !r->refblock || !r->cluster)
-        goto oom;
+    if (!r->l1 || !r->l2 || !r->refblock || !r->cluster) {
+        qcow2_reader_free(st);
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    }
     if (l1_bytes) {
         uint8_t *raw = (uint8_t *)r->l1;
-        int rc = ins_read_zfill(st->base.file, raw, l1_bytes, st->l1_table_offset);
 
+        rc = ins_read_zfill(st->base.file, raw, l1_bytes, st->l1_table_offset);
         if (rc < 0) {
-            ins_error(ctx, rc, "Could not read L1 table");
-            goto fail;
+            qcow2_reader_free(st);
+            return ins_error(ctx, rc, "%s", l1_error);
         }
         for (i = 0; i < st->l1_size; i++)
             r->l1[i] = ins_be64(raw + 8 * (size_t)i);
     }
-    st->reader = r;
-    return r;
-oom:
-    ins_error(ctx, INS_ENOMEM, "Out of memory");
-fail:
-    if (r) {
-        st->reader = r;
-        qcow2_reader_free(st);
-    }
-    return NULL;
+    return INS_OK;
+}
+
+static int reader(struct qcow2_image *st, struct qcow2_reader **r)
+{
+    int rc = st->reader ? INS_OK : make_reader(st, "Could not read L1 table");
+
+    *r = st->reader;
+    return rc;
 }
 
 void qcow2_reader_free(struct qcow2_image *st)
@@ -289,6 +297,7 @@ static int get_host_offset(struct qcow2_image *st, struct qcow2_reader *r,
     *host = 0;
     *entry = 0;
     *type = SC_UNALLOCATED_PLAIN;
+    /* A snapshot's L1 table may be shorter than the virtual size. */
     if (l1_index >= st->l1_size)
         goto out;
     l2_offset = r->l1[l1_index] & L1E_OFFSET_MASK;
@@ -358,10 +367,16 @@ static int get_refcount(struct qcow2_image *st, struct qcow2_reader *r,
     *refcount = 0;
     if (index >= table_size)
         return INS_OK;
-    rc = ins_read_zfill(st->base.file, entry, 8, st->refcount_table_offset + index * 8);
-    if (rc < 0)
-        return rc;
-    block = ins_be64(entry) & REFT_OFFSET_MASK;
+    if (!r->rt_valid || r->rt_index != index) {
+        rc = ins_read_zfill(st->base.file, entry, 8,
+                            st->refcount_table_offset + index * 8);
+        if (rc < 0)
+            return rc;
+        r->rt_index = index;
+        r->rt_entry = ins_be64(entry);
+        r->rt_valid = 1;
+    }
+    block = r->rt_entry & REFT_OFFSET_MASK;
     if (!block)
         return INS_OK;
     if (block & (st->cluster_size - 1))
@@ -412,13 +427,13 @@ int qcow2_block_status(struct ins_image *img, uint64_t offset, uint64_t bytes,
                        struct ins_bstat *bs)
 {
     struct qcow2_image *st = (struct qcow2_image *)img;
-    struct qcow2_reader *r = reader(st);
+    struct qcow2_reader *r;
     uint64_t host, entry, n = bytes > 0x7fffffff ? 0x7fffffff : bytes;
     enum sc_type type;
-    int status = 0, rc;
+    int status = 0, rc = reader(st, &r);
 
-    if (!r)
-        return st->crypt_method != QCOW2_CRYPT_NONE ? INS_ENOTSUP : INS_ENOMEM;
+    if (rc < 0)
+        return rc;
     if (!r->prealloc_checked) {
         rc = detect_metadata_prealloc(st, r);
         if (rc < 0)
@@ -517,16 +532,17 @@ static int load_compressed(struct qcow2_image *st, struct qcow2_reader *r,
 int qcow2_read(struct ins_image *img, void *buf, size_t len, uint64_t offset)
 {
     struct qcow2_image *st = (struct qcow2_image *)img;
-    struct qcow2_reader *r = reader(st);
+    struct qcow2_reader *r;
     uint8_t *p = buf;
+    int rc = reader(st, &r);
 
-    if (!r)
-        return st->crypt_method != QCOW2_CRYPT_NONE ? INS_ENOTSUP : INS_ENOMEM;
+    if (rc < 0)
+        return rc;
     while (len > 0) {
         uint64_t n = len, host, entry;
         enum sc_type type;
-        int rc = get_host_offset(st, r, offset, &n, &host, &type, &entry);
 
+        rc = get_host_offset(st, r, offset, &n, &host, &type, &entry);
         if (rc < 0)
             return rc;
         if (n == 0 || n > len)
@@ -552,4 +568,113 @@ int qcow2_read(struct ins_image *img, void *buf, size_t len, uint64_t offset)
         len -= (size_t)n;
     }
     return INS_OK;
+}
+
+/* ---- internal snapshots ---- */
+
+/* Whether the string stored at off (size bytes, ending at its first NUL
+ * as qemu reads it) is s.  1 yes, 0 no, or a negative INS_E*. */
+static int stored_string_is(struct qcow2_image *st, uint64_t off,
+                            uint16_t size, const char *s)
+{
+    size_t n = strlen(s), done = 0;
+    uint8_t buf[256];
+    int rc;
+
+    if (n > size)
+        return 0;
+    while (done < n) {
+        size_t chunk = n - done < sizeof(buf) ? n - done : sizeof(buf);
+
+        rc = ins_read_zfill(st->base.file, buf, chunk, off + done);
+        if (rc < 0)
+            return rc;
+        if (memcmp(buf, s + done, chunk) != 0)
+            return 0;
+        done += chunk;
+    }
+    if (n == size)
+        return 1;
+    rc = ins_read_zfill(st->base.file, buf, 1, off + n);
+    if (rc < 0)
+        return rc;
+    return buf[0] == 0;
+}
+
+/* qemu's find_snapshot_by_id_and_name(): the first snapshot matching. */
+static int find_snapshot(struct qcow2_image *st, const char *id,
+                         const char *name, size_t *index)
+{
+    size_t i;
+    int rc;
+
+    for (i = 0; i < st->n_snap_locs; i++) {
+        const struct qcow2_snapshot_loc *loc = &st->snap_locs[i];
+
+        if (id) {
+            rc = stored_string_is(st, loc->id_offset, loc->id_size, id);
+            if (rc <= 0) {
+                if (rc < 0)
+                    return rc;
+                continue;
+            }
+        }
+        if (name) {
+            rc = stored_string_is(st, loc->name_offset, loc->name_size, name);
+            if (rc <= 0) {
+                if (rc < 0)
+                    return rc;
+                continue;
+            }
+        }
+        *index = i;
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * qemu's qcow2_snapshot_load_tmp(): the snapshot's L1 table replaces the
+ * active one, checked as qcow2_validate_table() checks it.  The virtual
+ * size stays the image's current one, as in qemu (whatever disk size the
+ * snapshot recorded).
+ */
+int qcow2_load_snapshot(struct ins_image *img, const char *id,
+                        const char *name)
+{
+    struct qcow2_image *st = (struct qcow2_image *)img;
+    struct ins_ctx *ctx = img->ctx;
+    const struct qcow2_snapshot_loc *loc;
+    uint64_t old_offset = st->l1_table_offset;
+    uint32_t old_size = st->l1_size;
+    size_t index;
+    int rc;
+
+    if (!id && !name)
+        return ins_error(ctx, INS_ENOENT, "Can't find snapshot");
+    rc = find_snapshot(st, id, name, &index);
+    if (rc < 0)
+        return ins_error(ctx, rc, "Failed to read snapshot table");
+    if (rc == 0)
+        return ins_error(ctx, INS_ENOENT, "Can't find snapshot");
+    loc = &st->snap_locs[index];
+    if (loc->l1_size > QCOW2_MAX_L1_SIZE / 8)
+        return ins_error(ctx, INS_EFBIG, "Snapshot L1 table too large");
+    if ((uint64_t)INT64_MAX - (uint64_t)loc->l1_size * 8 < loc->l1_table_offset ||
+        (loc->l1_table_offset & (st->cluster_size - 1)) != 0)
+        return ins_error(ctx, INS_EINVAL, "Snapshot L1 table offset invalid");
+
+    /* Switch, and read the new table now as qemu does (it keeps the old
+     * one if the read fails). */
+    qcow2_reader_free(st);
+    st->l1_table_offset = loc->l1_table_offset;
+    st->l1_size = loc->l1_size;
+    if (st->crypt_method != QCOW2_CRYPT_NONE)
+        return INS_OK;          /* reads fail later: no decryption */
+    rc = make_reader(st, "Failed to read l1 table for snapshot");
+    if (rc < 0) {
+        st->l1_table_offset = old_offset;
+        st->l1_size = old_size;
+    }
+    return rc;
 }

@@ -77,13 +77,92 @@ static void print_heading(struct map_render *mr)
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
 }
 
+static uint64_t get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    int i;
+
+    for (i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Appends text; the line buffer is sized for the longest entry. */
+static char *put_str(char *p, const char *s)
+{
+    while (*s)
+        *p++ = *s++;
+    return p;
+}
+
+/* Decimal, as printf's PRId64 (map entries are printed by the hundred
+ * thousand: printf was most of map's time). */
+static char *put_i64(char *p, int64_t v)
+{
+    char tmp[24];
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    int n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *p++ = '-';
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+static char *put_bool(char *p, const char *key, int b)
+{
+    p = put_str(p, key);
+    return put_str(p, b ? "true" : "false");
+}
+
+static void print_entry(struct map_render *mr, const uint8_t *rec,
+                        const char *name)
+{
+    uint64_t start = get_le64(rec), length = get_le64(rec + 8);
+    int64_t depth = (int64_t)get_le64(rec + 16);
+    uint64_t offset = get_le64(rec + 24);
+    unsigned flags = rec[40];
+    char line[256], *p = line;
+
+    if (mr->json) {
+        if (mr->printed)
+            p = put_str(p, ",\n");
+        p = put_str(p, "{ \"start\": ");
+        p = put_i64(p, (int64_t)start);
+        p = put_str(p, ", \"length\": ");
+        p = put_i64(p, (int64_t)length);
+        p = put_str(p, ", \"depth\": ");
+        p = put_i64(p, depth);
+        p = put_bool(p, ", \"present\": ", flags & MAPF_PRESENT);
+        p = put_bool(p, ", \"zero\": ", flags & MAPF_ZERO);
+        p = put_bool(p, ", \"data\": ", flags & MAPF_DATA);
+        if (mr->with_compressed)
+            p = put_bool(p, ", \"compressed\": ", flags & MAPF_COMPRESSED);
+        if (flags & MAPF_HAS_OFFSET) {
+            p = put_str(p, ", \"offset\": ");
+            p = put_i64(p, (int64_t)offset);
+        }
+        *p++ = '}';
+        fwrite(line, 1, (size_t)(p - line), stdout);
+    } else {
+        printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", start, length,
+               (flags & MAPF_HAS_OFFSET) ? offset : 0, name ? name : "");
+    }
+    mr->printed++;
+}
+
 /* One batch from the worker; every field is checked before use. */
 static int map_partial(void *opaque, const struct tree *part)
 {
     struct map_render *mr = opaque;
-    const struct tree *files, *entries, *e, *f;
+    const struct tree *files, *records, *f;
     const char *names[4096];
-    size_t n_names = 0;
+    size_t n_names = 0, i;
 
     if (part->type != TREE_DICT)
         return -1;
@@ -94,54 +173,22 @@ static int map_partial(void *opaque, const struct tree *part)
         return 0;
     }
     files = tree_get(part, "files");
-    entries = tree_get(part, "entries");
-    if (!mr->opened || !files || files->type != TREE_LIST || !entries ||
-        entries->type != TREE_LIST)
+    records = tree_get(part, "records");
+    if (!mr->opened || !files || files->type != TREE_LIST || !records ||
+        records->type != TREE_BLOB || records->v.str.len % MAP_RECORD_SIZE)
         return -1;
     for (f = files->v.kids.first; f; f = f->next) {
         if (f->type != TREE_STR || n_names >= sizeof(names) / sizeof(names[0]))
             return -1;
         names[n_names++] = f->v.str.s;
     }
-    for (e = entries->v.kids.first; e; e = e->next) {
-        const struct tree *k;
-        uint64_t v[6];
-        int i = 0;
-        const char *name = NULL;
+    for (i = 0; i < records->v.str.len; i += MAP_RECORD_SIZE) {
+        const uint8_t *rec = (const uint8_t *)records->v.str.s + i;
+        int64_t idx = (int64_t)get_le64(rec + 32);
 
-        if (e->type != TREE_LIST || e->v.kids.count != 6)
+        if (idx < -1 || idx >= (int64_t)n_names)
             return -1;
-        for (k = e->v.kids.first; k; k = k->next, i++) {
-            if (k->type == TREE_UINT)
-                v[i] = k->v.u;
-            else if (k->type == TREE_INT)
-                v[i] = (uint64_t)k->v.i;
-            else
-                return -1;
-        }
-        if ((int64_t)v[5] >= 0) {
-            if (v[5] >= n_names)
-                return -1;
-            name = names[v[5]];
-        }
-        if (mr->json) {
-            if (mr->printed)
-                fputs(",\n", stdout);
-            printf("{ \"start\": %" PRId64 ", \"length\": %" PRId64 ", \"depth\": %" PRId64
-                   ", \"present\": %s, \"zero\": %s, \"data\": %s",
-                   (int64_t)v[0], (int64_t)v[1], (int64_t)v[2],
-                   v[3] & 1 ? "true" : "false", v[3] & 2 ? "true" : "false",
-                   v[3] & 4 ? "true" : "false");
-            if (mr->with_compressed)
-                printf(", \"compressed\": %s", v[3] & 8 ? "true" : "false");
-            if (v[3] & 16)
-                printf(", \"offset\": %" PRId64, (int64_t)v[4]);
-            putchar('}');
-        } else {
-            printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", v[0], v[1],
-                   (v[3] & 16) ? v[4] : 0, name ? name : "");
-        }
-        mr->printed++;
+        print_entry(mr, rec, idx >= 0 ? names[idx] : NULL);
     }
     return 0;
 }
@@ -225,6 +272,8 @@ int cmd_map(struct options *o, int argc, char **argv)
     job.human = !json;
     job.with_compressed = profile_at_least(&o->prof, 8, 0);
     memset(&mr, 0, sizeof(mr));
+    /* Large writes: map output can run to many megabytes. */
+    setvbuf(stdout, NULL, _IOFBF, 1 << 20);
     mr.o = o;
     mr.json = json;
     mr.with_compressed = job.with_compressed;

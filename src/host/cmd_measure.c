@@ -45,7 +45,8 @@ static const char measure_help[] =
     "  --output=human|json      output format (default human)\n"
     "  --object secret,id=ID,data=...|file=...\n"
     "                           a secret for encrypt.key-secret (LUKS)\n"
-    "  -l, --snapshot=SNAPSHOT  not supported yet (refused)\n"
+    "  -l, --snapshot=SNAPSHOT  measure FILE's internal snapshot SNAPSHOT (an id\n"
+    "                           or name, or snapshot.id=ID,snapshot.name=NAME)\n"
     "  -U, --force-share        accepted for compatibility\n"
     "\n"
     "See 'instar info --help' for instar's own options.\n";
@@ -57,6 +58,9 @@ struct measure_job {
     struct ins_measure_target target;
     int scan;                   /* the target's options were valid */
     int parallels_bitmaps;
+    /* -l: snapshot.id=/snapshot.name= (has_sn_opts), else an id or name. */
+    int has_sn_opts;
+    const char *sn_id, *sn_name, *snapshot;
 };
 
 static int measure_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
@@ -80,6 +84,18 @@ static int measure_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
     tree_put_bool(tb, opened, "opened", 1);
     if (tb->failed || ctx->emit(ctx, opened) < 0)
         return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    if (job->has_sn_opts || job->snapshot) {
+        char msg[sizeof(ctx->errmsg)];
+
+        if (job->has_sn_opts)
+            rc = ins_image_load_snapshot(img, job->sn_id, job->sn_name);
+        else
+            rc = ins_image_load_snapshot_by_id_or_name(img, job->snapshot);
+        if (rc < 0) {
+            snprintf(msg, sizeof(msg), "%s", ctx->errmsg);
+            return ins_error(ctx, rc, "Failed to load snapshot: %s", msg);
+        }
+    }
     if (job->scan) {
         gran = ins_measure_granularity(&job->target, img->virtual_size);
         if (job->target.fmt == INS_MEASURE_QCOW2 && job->target.version >= 3)
@@ -411,22 +427,55 @@ static int parse_image_size(const struct options *o, const char *arg,
     return 0;
 }
 
-/* -l snapshot.id=...,snapshot.name=... is checked as qemu-img does. */
-static int check_snapshot_param(const struct options *o, const char *arg)
+struct measure_args {
+    const char *filename, *format, *out_fmt, *snapshot;
+    char *options;
+    int json, image_opts, has_size;
+    uint64_t size;
+    struct co_objects objs;
+    /* The last -l snapshot.id=...,snapshot.name=..., which wins over a
+     * plain -l as in qemu-img; either may be NULL. */
+    int has_sn_opts;
+    char *sn_id, *sn_name;
+};
+
+static int dup_opt(const struct co_opts *co, const char *key, char **out)
+{
+    const char *v = co_get_str(co, key);
+
+    free(*out);
+    *out = v ? strdup(v) : NULL;
+    return v && !*out ? -1 : 0;
+}
+
+/* -l snapshot.id=...,snapshot.name=... is parsed as qemu-img does; any
+ * other -l is an id or name. */
+static int snapshot_param(const struct options *o, const char *arg,
+                          struct measure_args *a)
 {
     struct co_opts co;
     struct co_error err;
     int rc;
 
-    if (strncmp(arg, "snapshot.", 9) != 0)
+    if (strncmp(arg, "snapshot.", 9) != 0) {
+        a->snapshot = arg;
         return 0;
+    }
     co_init(&co, &co_snapshot_format, o->prof.major);
     rc = co_parse(&co, arg, &err);
-    co_free(&co);
     if (rc < 0) {
+        co_free(&co);
         die_msg(o, "%s", err.msg);
         fputs(err.hint, stderr);
         die_msg(o, "Failed in parsing snapshot param '%s'", arg);
+        return -1;
+    }
+    a->has_sn_opts = 1;
+    rc = dup_opt(&co, "snapshot.id", &a->sn_id) < 0 ||
+         dup_opt(&co, "snapshot.name", &a->sn_name) < 0;
+    co_free(&co);
+    if (rc) {
+        die_msg(o, "Out of memory");
         return -1;
     }
     return 0;
@@ -458,14 +507,6 @@ static int add_options(const struct options *o, char **all, const char *arg)
     *all = n;
     return 0;
 }
-
-struct measure_args {
-    const char *filename, *format, *out_fmt, *snapshot;
-    char *options;
-    int json, image_opts, has_size;
-    uint64_t size;
-    struct co_objects objs;
-};
 
 /* getopt as qemu-img's: glibc reports bad options under the command's
  * argv[0] ("measure" in 7.2, "PROGRAM measure" in 10.0).  Returns -1 to
@@ -523,9 +564,8 @@ static int parse_args(struct options *o, int argc, char **argv,
                 status = 1;
             break;
         case 'l':
-            if (check_snapshot_param(o, optarg) < 0)
+            if (snapshot_param(o, optarg, a) < 0)
                 status = 1;
-            a->snapshot = optarg;
             break;
         case 'U':
             break;
@@ -574,7 +614,8 @@ static int parse_args(struct options *o, int argc, char **argv,
     }
     if (argc - optind == 1)
         a->filename = argv[optind];
-    if (!a->filename && (a->image_opts || a->format || a->snapshot)) {
+    if (!a->filename && (a->image_opts || a->format || a->snapshot ||
+                         a->has_sn_opts)) {
         die_msg(o, "--image-opts, -f, and -l require a filename argument.");
         return 1;
     }
@@ -619,11 +660,6 @@ static int measure_file(struct options *o, const struct measure_args *a,
                 a->format);
         return 1;
     }
-    if (a->snapshot) {
-        die_msg(o, "Failed to load snapshot: -l is not supported yet: instar "
-                "cannot read an internal snapshot's view");
-        return 1;
-    }
     fd = host_open_image(o, a->filename, O_RDONLY);
     if (fd < 0)
         return 1;
@@ -639,6 +675,10 @@ static int measure_file(struct options *o, const struct measure_args *a,
     job.target = *t;
     job.scan = !te->failed;
     job.parallels_bitmaps = profile_at_least(&o->prof, 9, 0);
+    job.has_sn_opts = a->has_sn_opts;
+    job.sn_id = a->sn_id;
+    job.sn_name = a->sn_name;
+    job.snapshot = a->snapshot;
     tree = host_run_job(o, &pol, measure_job_run, &job, &fd, 1, note_opened,
                         &opened, &jerr);
     close(fd);
@@ -697,6 +737,8 @@ int cmd_measure(struct options *o, int argc, char **argv)
         }
     }
     free(a.options);
+    free(a.sn_id);
+    free(a.sn_name);
     co_objects_free(&a.objs);
     return status;
 }

@@ -172,6 +172,9 @@ static void json_value(FILE *out, const struct tree *t, int level)
     case TREE_STR:
         json_string(out, t->v.str.s);
         break;
+    case TREE_BLOB:
+        fputs("\"\"", out);       /* never part of qemu's output */
+        break;
     case TREE_DICT: {
         const struct tree **m = qdict_order(t, &n);
 

@@ -34,7 +34,6 @@ enum {
     MSG_FD = 4,         /* host -> worker: descriptor attached */
     MSG_REFUSED = 5,    /* host -> worker: i32 code, message */
     MSG_PARTIAL = 6,    /* worker -> host: encoded tree, more to come */
-    MSG_ACK = 7,        /* host -> worker: partial consumed, go on */
 };
 
 #define MAX_REQUEST 65536u          /* largest frame the worker accepts */
@@ -283,17 +282,17 @@ static int worker_open_ref(struct ins_ctx *ctx, enum ins_ref_kind kind,
 }
 
 /*
- * Sends a partial result and waits for the host to take it, so the worker
- * never runs far ahead of what the host has rendered (bounded memory on
- * both sides).
+ * Sends a partial result.  The worker goes on with the next one while the
+ * host renders this one (both cores work); the socket's buffer is the
+ * bound on how far ahead it gets, so memory stays bounded on both sides.
+ * A host that wants the job stopped kills the worker.
  */
 static int worker_emit(struct ins_ctx *ctx, const struct tree *part)
 {
     struct worker_state *ws = ctx->ref_opaque;
     size_t len = 0;
     uint8_t *wire = tree_encode(&ins_libc_alloc, part, &len);
-    uint32_t hdr[2];
-    int fd, rc;
+    int rc;
 
     if (!wire || len > UINT32_MAX) {
         free(wire);
@@ -301,12 +300,8 @@ static int worker_emit(struct ins_ctx *ctx, const struct tree *part)
     }
     rc = send_frame(ws->sock, MSG_PARTIAL, wire, (uint32_t)len, -1);
     free(wire);
-    if (rc < 0 || recv_header(ws->sock, hdr, &fd) < 0)
+    if (rc < 0)
         return ins_error(ctx, INS_EIO, "lost the channel to the host");
-    if (fd >= 0)
-        close(fd);
-    if (hdr[0] != MSG_ACK || hdr[1] != 0)
-        return ins_error(ctx, INS_EIO, "the host stopped the job");
     return INS_OK;
 }
 
@@ -695,7 +690,7 @@ int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
                        hooks->partial(hooks->partial_opaque, part) != 0;
 
             tree_free(&ins_libc_alloc, part);
-            if (stop || send_frame(sv[0], MSG_ACK, NULL, 0, -1) < 0) {
+            if (stop) {
                 if (!res->errmsg[0])
                     snprintf(res->errmsg, sizeof(res->errmsg), "%s",
                              part ? "the job was stopped"

@@ -51,6 +51,9 @@ struct ins_bdev {
      * NULL when the file cannot tell (treat everything as data).
      */
     int (*seek)(void *opaque, uint64_t offset, int hole, uint64_t *out);
+    /* The last data region seek() found, [bsc_start, bsc_end) (empty when
+     * equal): qemu's block-status cache, kept by ins_file_status. */
+    uint64_t bsc_start, bsc_end;
 };
 
 /* Exactly len bytes at offset; INS_EIO if the file ends first. */

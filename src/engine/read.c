@@ -152,6 +152,9 @@ int ins_file_status(struct ins_bdev *bd, uint64_t offset, uint64_t bytes,
     } else if (!bd->seek) {
         st->pnum = bytes;
         rc = INS_BS_DATA;
+    } else if (offset >= bd->bsc_start && offset < bd->bsc_end) {
+        st->pnum = bd->bsc_end - offset;    /* inside the data region last seen */
+        rc = INS_BS_DATA;
     } else if ((rc = bd->seek(bd->opaque, offset, 0, &data)) == INS_ENOENT) {
         st->pnum = bytes;               /* a trailing hole */
         rc = INS_BS_ZERO;
@@ -163,6 +166,8 @@ int ins_file_status(struct ins_bdev *bd, uint64_t offset, uint64_t bytes,
         if (rc < 0 || hole <= offset)
             hole = bd->size;
         st->pnum = hole - offset;
+        bd->bsc_start = offset;
+        bd->bsc_end = hole;
         rc = INS_BS_DATA;
     } else {
         st->pnum = data - offset;

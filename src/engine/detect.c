@@ -29,7 +29,8 @@ const struct ins_driver *ins_find_driver(const char *name)
 }
 
 /* An MBR partition entry is plausible when its boot flag is 0x00 or 0x80
- * and it describes a non-empty partition. */
+ * and it describes a non-empty partition.  A protective MBR (type 0xEE)
+ * only counts with the GPT it protects (gpt_valid). */
 static int mbr_valid(const uint8_t *mbr)
 {
     int i, used = 0;
@@ -41,7 +42,7 @@ static int mbr_valid(const uint8_t *mbr)
 
         if (e[0] != 0x00 && e[0] != 0x80)
             return 0;
-        if (e[4] != 0 && ins_le32(e + 12) != 0)
+        if (e[4] != 0 && e[4] != 0xEE && ins_le32(e + 12) != 0)
             used++;
     }
     return used > 0;

@@ -124,7 +124,8 @@ static void build(uint8_t *img)
 static int run_open_read(uint8_t *img, size_t len, char *err, size_t errlen)
 {
     struct membuf m = { img, len };
-    struct ins_bdev bd = { &m, mem_pread, len, len, "t.qcow2", NULL };
+    struct ins_bdev bd = { .opaque = &m, .pread = mem_pread, .size = len,
+                           .allocated = len, .name = "t.qcow2" };
     struct ins_image *im = NULL;
     struct ins_ctx ctx;
     int rc;
@@ -143,7 +144,8 @@ static int run_info(uint8_t *img, size_t len, struct tree **out, char *err,
                     size_t errlen)
 {
     struct membuf m = { img, len };
-    struct ins_bdev bd = { &m, mem_pread, len, len, "t.qcow2", NULL };
+    struct ins_bdev bd = { .opaque = &m, .pread = mem_pread, .size = len,
+                           .allocated = len, .name = "t.qcow2" };
     struct ins_ctx ctx;
     struct tree_builder tb;
     int rc;

@@ -116,3 +116,30 @@ def test_startup_does_not_run_qemu_img(tmp_path):
     r = run([INSTAR, "--version"], env={"PATH": f"{fake}:{os.environ['PATH']}"})
     assert r.returncode == 0
     assert not marker.exists()
+
+
+def test_ignore_quirks_reports_exact_sizes(tmp_path):
+    """--ignore-quirks: the file's length instead of allocated blocks and
+    sector rounding, and one decimal instead of %0.3g."""
+    data = bytearray(197120 - 100)
+    data[446 + 4] = 0x83
+    data[446 + 8:446 + 12] = (1).to_bytes(4, "little")
+    data[446 + 12:446 + 16] = (100).to_bytes(4, "little")
+    data[510:512] = b"\x55\xaa"
+    (tmp_path / "d.img").write_bytes(bytes(data))
+    r = run([INSTAR, "info", "--ignore-quirks", "d.img"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "disk size: 192.4 KiB\n" in out
+    assert "file length: 192.4 KiB (197020 bytes)\n" in out
+    r = run([INSTAR, "info", "d.img"], cwd=tmp_path)
+    assert "file length: 192 KiB (197120 bytes)\n" in r.stdout.decode()
+
+
+def test_extra_detail_adds_vdi_details(tmp_path):
+    qemu_img("create", "-q", "-f", "vdi", "d.vdi", "10M", cwd=tmp_path)
+    plain = run([INSTAR, "info", "--output=json", "d.vdi"], cwd=tmp_path)
+    extra = run([INSTAR, "info", "--extra-detail", "--output=json", "d.vdi"], cwd=tmp_path)
+    assert plain.returncode == 0 and extra.returncode == 0
+    assert b"\"type\": \"vdi\"" not in plain.stdout
+    assert b'"type": "vdi"' in extra.stdout and b"blocks-in-image" in extra.stdout

@@ -160,3 +160,17 @@ def test_map_option_errors(tmp_path, oracle):
                  ["map"],
                  ["map", "--start-offset=1G", "--output=json", "a.qcow2"]):
         assert_same(oracle, args, tmp_path, check_stderr=True)
+
+
+@pytest.mark.parametrize("sub", ["streamOptimized", "monolithicSparse"])
+def test_vmdk_converted_with_data(tmp_path, oracle, sub):
+    """streamOptimized (compressed grains, markers) can only be written by
+    convert: make one from a patterned image and read it back."""
+    make(tmp_path, "qcow2", [], "16M", name="src")
+    qemu_img("convert", "-O", "vmdk", "-o", f"subformat={sub}", "src.qcow2", "v.vmdk",
+             cwd=tmp_path)
+    assert_same(oracle, ["map", "--output=json", "v.vmdk"], tmp_path)
+    assert_same(oracle, ["map", "v.vmdk"], tmp_path, check_stderr=True)
+    flat = to_raw(tmp_path, "v.vmdk", "vmdk")
+    assert_same(oracle, ["compare", "-F", "raw", "v.vmdk", flat], tmp_path)
+    assert_same(oracle, ["compare", "src.qcow2", "v.vmdk"], tmp_path)

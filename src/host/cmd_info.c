@@ -133,20 +133,9 @@ int cmd_info(struct options *o, int argc, char **argv)
             return option_error(o, "info", c, argv[optind - 1]);
         }
     }
-    if (optind != argc - 1) {
-        die_msg(o, "Expecting one image file name");
-        usage_hint(o, "info");
-        return 1;
-    }
-    filename = argv[optind];
-    fd = host_open_checked(o, filename, format);
+    fd = host_open_single(o, "info", argc, argv, format, &filename, &pol);
     if (fd < 0)
         return 1;
-    if (options_policy(o, &pol, filename) < 0) {
-        close(fd);
-        return 1;
-    }
-    policy_note_open(&pol, fd);
 
     for (depth = 0;; depth++) {
         struct tree *t = info_one(o, &pol, fd, filename, format, declared);

@@ -249,20 +249,9 @@ int cmd_map(struct options *o, int argc, char **argv)
             return option_error(o, "map", c, argv[optind - 1]);
         }
     }
-    if (optind != argc - 1) {
-        die_msg(o, "Expecting one image file name");
-        usage_hint(o, "map");
-        return 1;
-    }
-    filename = argv[optind];
-    fd = host_open_checked(o, filename, format);
+    fd = host_open_single(o, "map", argc, argv, format, &filename, &pol);
     if (fd < 0)
         return 1;
-    if (options_policy(o, &pol, filename) < 0) {
-        close(fd);
-        return 1;
-    }
-    policy_note_open(&pol, fd);
 
     memset(&job, 0, sizeof(job));
     job.image.filename = filename;

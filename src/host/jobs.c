@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -45,6 +46,29 @@ int host_open_checked(const struct options *o, const char *filename,
         return -1;
     }
     return host_open_image(o, filename, O_RDONLY);
+}
+
+int host_open_single(const struct options *o, const char *cmd, int argc,
+                     char **argv, const char *format, const char **filename,
+                     struct policy *pol)
+{
+    int fd;
+
+    if (optind != argc - 1) {
+        die_msg(o, "Expecting one image file name");
+        usage_hint(o, cmd);
+        return -1;
+    }
+    *filename = argv[optind];
+    fd = host_open_checked(o, *filename, format);
+    if (fd < 0)
+        return -1;
+    if (options_policy(o, pol, *filename) < 0) {
+        close(fd);
+        return -1;
+    }
+    policy_note_open(pol, fd);
+    return fd;
 }
 
 void refuse_image_opts(const struct options *o)

@@ -22,6 +22,16 @@ int host_open_image(const struct options *o, const char *filename, int flags);
 int host_open_checked(const struct options *o, const char *filename,
                       const char *format);
 
+/*
+ * For commands taking one image after their options (argv[optind]):
+ * checks there is exactly one, opens it (host_open_checked) and sets up
+ * the path policy for it.  Returns the descriptor, or -1 after printing
+ * the error.
+ */
+int host_open_single(const struct options *o, const char *cmd, int argc,
+                     char **argv, const char *format, const char **filename,
+                     struct policy *pol);
+
 /* --image-opts is refused: its option strings can name any file. */
 void refuse_image_opts(const struct options *o);
 

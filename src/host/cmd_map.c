@@ -40,19 +40,14 @@ static int map_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
 {
     struct map_job *job = opaque;
     struct ins_image *img;
-    struct tree *opened;
     int rc;
 
     if (nfds < 1)
         return ins_error(ctx, INS_EINVAL, "no image");
-    rc = job_open_image(ctx, &job->image, fds[0], &img);
+    /* Once the image is open, qemu prints the heading. */
+    rc = job_open_image_announced(ctx, &job->image, fds[0], tb, &img);
     if (rc < 0)
         return rc;
-    /* Tell the host the image opened: qemu prints the heading now. */
-    opened = tree_new_dict(tb);
-    tree_put_bool(tb, opened, "opened", 1);
-    if (tb->failed || ctx->emit(ctx, opened) < 0)
-        return ins_error(ctx, INS_ENOMEM, "Out of memory");
     rc = ins_op_map(ctx, img, job->start, job->max_length, job->human,
                     job->with_compressed);
     if (rc < 0)

@@ -70,20 +70,15 @@ static int measure_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
     struct measure_job *job = opaque;
     struct ins_measure_source src;
     struct ins_image *img;
-    struct tree *opened;
     uint64_t gran = 0, bm_cluster = 0;
     int rc;
 
     if (nfds < 1)
         return ins_error(ctx, INS_EINVAL, "no image");
-    rc = job_open_image(ctx, &job->image, fds[0], &img);
+    /* Later errors are not open errors. */
+    rc = job_open_image_announced(ctx, &job->image, fds[0], tb, &img);
     if (rc < 0)
         return rc;
-    /* Tell the host the image opened: later errors are not open errors. */
-    opened = tree_new_dict(tb);
-    tree_put_bool(tb, opened, "opened", 1);
-    if (tb->failed || ctx->emit(ctx, opened) < 0)
-        return ins_error(ctx, INS_ENOMEM, "Out of memory");
     if (job->has_sn_opts || job->snapshot) {
         char msg[sizeof(ctx->errmsg)];
 

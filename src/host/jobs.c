@@ -133,6 +133,24 @@ int job_open_image(struct ins_ctx *ctx, const struct image_job *job, int fd,
     return ins_image_open(ctx, bd, drv, 0, 1, img);
 }
 
+int job_open_image_announced(struct ins_ctx *ctx, const struct image_job *job,
+                             int fd, struct tree_builder *tb,
+                             struct ins_image **img)
+{
+    struct tree *opened;
+    int rc = job_open_image(ctx, job, fd, img);
+
+    if (rc < 0)
+        return rc;
+    opened = tree_new_dict(tb);
+    tree_put_bool(tb, opened, "opened", 1);
+    rc = tb->failed || !ctx->emit ? INS_ENOMEM : ctx->emit(ctx, opened);
+    tree_free(tb->alloc, opened);
+    if (rc < 0)
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    return INS_OK;
+}
+
 struct tree *host_run_job(struct options *o, struct policy *pol,
                           worker_job_fn fn, void *job, const int *fds,
                           size_t nfds, worker_partial_fn partial,

@@ -52,6 +52,12 @@ struct job_error {
     char msg[1100];
 };
 
+/* The same, then tells the host the image opened (a partial {"opened":
+ * true}): errors after it are not "Could not open" errors. */
+int job_open_image_announced(struct ins_ctx *ctx, const struct image_job *job,
+                             int fd, struct tree_builder *tb,
+                             struct ins_image **img);
+
 /* Runs a job in a worker with the usual hooks; returns the worker's result
  * tree, or NULL with *err filled. */
 struct tree *host_run_job(struct options *o, struct policy *pol,

@@ -313,6 +313,10 @@ struct ins_driver {
     int (*backing)(struct ins_image *img, const char **name,
                    const char **format);
     int supports_backing;
+    /* What kind of reference backing() returns, for ctx->open_ref and the
+     * host's messages (zero, the default, is INS_REF_BACKING; vpc's parent
+     * locator is INS_REF_PARENT). */
+    enum ins_ref_kind backing_ref_kind;
     /*
      * Optional: qemu's bdrv_snapshot_load_tmp for this format.  Switches
      * the image's view to the internal snapshot matching id and/or name

@@ -100,7 +100,8 @@ int ins_image_open(struct ins_ctx *ctx, struct ins_bdev *file,
             rc = ins_error(ctx, INS_EFBIG, "backing chain is too deep");
             goto fail;
         }
-        rc = ctx->open_ref(ctx, INS_REF_BACKING, img->file->name, name, &bd);
+        rc = ctx->open_ref(ctx, img->drv->backing_ref_kind, img->file->name,
+                           name, &bd);
         if (rc == 0)
             rc = ins_select_driver(ctx, bd, format && format[0] ? format : NULL, 1, &bdrv);
         if (rc == 0)

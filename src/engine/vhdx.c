@@ -15,6 +15,13 @@
  * differencing VHDX files (a parent locator makes the open fail), and has
  * no format-specific info for vhdx.
  *
+ * Reading goes further than qemu on purpose: opened to read guest data
+ * (INS_O_READ), a differencing image (has_parent, with a parent locator)
+ * is accepted and its parent opened through the host's path policy as
+ * the backing image.  Its BAT then interleaves sector bitmap entries, and
+ * partially present blocks consult the bitmap sector by sector.  `info`
+ * keeps qemu's refusal.
+ *
  * Unlike qemu we never hold more than a bounded amount of the image in
  * memory: large BATs are streamed, log entries are checked sector by
  * sector, and region overlap checks use a sorted table instead of a list.
@@ -56,6 +63,15 @@
 #define PAYLOAD_UNMAPPED          3
 #define PAYLOAD_UNMAPPED_V095     5
 #define PAYLOAD_FULLY_PRESENT     6
+#define PAYLOAD_PARTIALLY_PRESENT 7
+#define SB_BLOCK_PRESENT          6
+#define SECTOR_BITMAP_SIZE        (1 * MiB)
+
+/* Parent locator: bounds on what we are willing to parse. */
+#define LOCATOR_MAX_SIZE    (64 * KiB)
+#define LOCATOR_HDR_SIZE    20
+#define LOCATOR_ENTRY_SIZE  12
+#define PARENT_PATH_MAX     4096
 
 /* BATs up to this size stay in memory; larger ones are read on demand. */
 #define BAT_CACHE_MAX       (128u << 20)
@@ -76,6 +92,7 @@ enum {
     META_PARENT_LOCATOR = 0x20,
 };
 #define META_ALL_PRESENT 0x1f
+#define META_PARENT_INDEX 5     /* of the parent locator in meta_items */
 
 /* An MS GUID as stored on disk: three little-endian fields, 8 bytes. */
 #define GUID(d1, d2, d3, a, b, c, d, e, f, g, h) {                     \
@@ -86,6 +103,8 @@ static const uint8_t bat_guid[16] =
     GUID(0x2dc27766u, 0xf623, 0x4200, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08);
 static const uint8_t metadata_guid[16] =
     GUID(0x8b7ca206u, 0x4790, 0x4b9a, 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e);
+static const uint8_t vhdx_locator_guid[16] =
+    GUID(0xb04aefb7u, 0xd19e, 0x4a81, 0xb7, 0x89, 0x25, 0xb8, 0xe9, 0x44, 0x59, 0x13);
 
 static const struct {
     uint8_t guid[16];
@@ -190,6 +209,9 @@ struct vhdx_image {
     uint32_t bat_entries;
     uint64_t bat_offset;
     uint64_t *bat;              /* host order, or NULL: read on demand */
+    unsigned open_flags;
+    int has_parent;             /* a differencing image (read mode only) */
+    char *parent;               /* its parent's name, '/'-separated */
     /* Regions for overlap checks: registration order, then sorted. */
     struct region regions[MAX_REGIONS];
     size_t n_regions;
@@ -549,6 +571,7 @@ static int parse_log(struct vhdx_image *s, const uint8_t *hdr)
 struct meta {
     uint64_t region_offset;
     uint32_t item_offset[6];
+    uint32_t item_length[6];
     unsigned present;
 };
 
@@ -637,14 +660,17 @@ static int parse_metadata_table(struct vhdx_image *s, struct meta *m)
             }
             m->present |= meta_items[k].bit;
             m->item_offset[k] = ins_le32(e + 16);
+            m->item_length[k] = ins_le32(e + 20);
         } else if (ins_le32(e + 24) & META_REQUIRED) {
             rc = open_error(s, INS_ENOTSUP);
             goto out;
         }
     }
     /* A parent locator counts against "all present": qemu cannot open
-     * differencing files. */
-    if (m->present != META_ALL_PRESENT)
+     * differencing files.  We read them (see the top of the file). */
+    if (m->present != META_ALL_PRESENT &&
+        !((s->open_flags & INS_O_READ) &&
+          m->present == (META_ALL_PRESENT | META_PARENT_LOCATOR)))
         rc = open_error(s, INS_ENOTSUP);
 out:
     ins_free(ctx, buf);
@@ -658,6 +684,176 @@ static int read_item(struct vhdx_image *s, const struct meta *m, size_t k,
     if (qemu_pread(s->base.file, buf, n, m->region_offset + m->item_offset[k]) < 0)
         return open_error(s, INS_EIO);
     return INS_OK;
+}
+
+/* ---- the parent locator (differencing images, read mode only) ---- */
+
+static int locator_error(struct vhdx_image *s, const char *why)
+{
+    return ins_error(s->base.ctx, INS_EINVAL, "VHDX parent locator of '%s' "
+                     "is invalid: %s",
+                     s->base.file->name ? s->base.file->name : "", why);
+}
+
+/* Appends code point c as UTF-8; 0 if it does not fit in out[cap]. */
+static int utf8_put(char *out, size_t cap, size_t *n, uint32_t c)
+{
+    uint8_t b[4];
+    size_t k, len;
+
+    if (c < 0x80) {
+        b[0] = (uint8_t)c;
+        len = 1;
+    } else if (c < 0x800) {
+        b[0] = (uint8_t)(0xc0 | (c >> 6));
+        b[1] = (uint8_t)(0x80 | (c & 0x3f));
+        len = 2;
+    } else if (c < 0x10000) {
+        b[0] = (uint8_t)(0xe0 | (c >> 12));
+        b[1] = (uint8_t)(0x80 | ((c >> 6) & 0x3f));
+        b[2] = (uint8_t)(0x80 | (c & 0x3f));
+        len = 3;
+    } else {
+        b[0] = (uint8_t)(0xf0 | (c >> 18));
+        b[1] = (uint8_t)(0x80 | ((c >> 12) & 0x3f));
+        b[2] = (uint8_t)(0x80 | ((c >> 6) & 0x3f));
+        b[3] = (uint8_t)(0x80 | (c & 0x3f));
+        len = 4;
+    }
+    if (*n + len >= cap)
+        return 0;
+    for (k = 0; k < len; k++)
+        out[(*n)++] = (char)b[k];
+    return 1;
+}
+
+/*
+ * UTF-16LE (n bytes) to a NUL-terminated UTF-8 path with '/' separators.
+ * Returns 0 on NULs, unpaired surrogates or a result that does not fit.
+ */
+static int utf16_path(const uint8_t *in, size_t n, char *out, size_t cap)
+{
+    size_t i = 0, o = 0;
+
+    if (n % 2)
+        return 0;
+    while (i < n) {
+        uint32_t c = ins_le16(in + i);
+
+        i += 2;
+        if (c >= 0xd800 && c < 0xdc00) {
+            uint32_t lo;
+
+            if (i >= n)
+                return 0;
+            lo = ins_le16(in + i);
+            if (lo < 0xdc00 || lo >= 0xe000)
+                return 0;
+            i += 2;
+            c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
+        } else if ((c >= 0xdc00 && c < 0xe000) || c == 0) {
+            return 0;
+        }
+        if (c == '\\')
+            c = '/';
+        if (!utf8_put(out, cap, &o, c))
+            return 0;
+    }
+    out[o] = '\0';
+    return 1;
+}
+
+/* True if the UTF-16LE key of n bytes is the ASCII string want. */
+static int key_is(const uint8_t *key, size_t n, const char *want)
+{
+    size_t i, len = strlen(want);
+
+    if (n != 2 * len)
+        return 0;
+    for (i = 0; i < len; i++)
+        if (ins_le16(key + 2 * i) != (uint8_t)want[i])
+            return 0;
+    return 1;
+}
+
+/*
+ * Reads the parent locator item and keeps the parent's name:
+ * relative_path if there is one, else absolute_win32_path.
+ */
+static int parse_parent_locator(struct vhdx_image *s, const struct meta *m)
+{
+    static const char *const keys[] = { "relative_path", "absolute_win32_path" };
+    struct ins_ctx *ctx = s->base.ctx;
+    uint32_t len = m->item_length[META_PARENT_INDEX], count, i;
+    uint8_t *buf;
+    char *path = NULL;
+    int found[2] = { 0, 0 }, rc = INS_OK;
+    uint32_t val_off[2] = { 0, 0 }, val_len[2] = { 0, 0 };
+    size_t k;
+    const char *p;
+
+    if (len < LOCATOR_HDR_SIZE || len > LOCATOR_MAX_SIZE)
+        return locator_error(s, "bad size");
+    buf = ins_malloc(ctx, len);
+    if (!buf)
+        return open_error(s, INS_ENOMEM);
+    if (read_item(s, m, META_PARENT_INDEX, buf, len) < 0) {
+        rc = INS_EIO;
+        goto out;
+    }
+    if (memcmp(buf, vhdx_locator_guid, 16) != 0) {
+        rc = locator_error(s, "unknown locator type");
+        goto out;
+    }
+    count = ins_le16(buf + 18);
+    if (count > (len - LOCATOR_HDR_SIZE) / LOCATOR_ENTRY_SIZE) {
+        rc = locator_error(s, "too many entries");
+        goto out;
+    }
+    for (i = 0; i < count; i++) {
+        const uint8_t *e = buf + LOCATOR_HDR_SIZE + LOCATOR_ENTRY_SIZE * i;
+        uint32_t ko = ins_le32(e), vo = ins_le32(e + 4);
+        uint32_t kl = ins_le16(e + 8), vl = ins_le16(e + 10);
+
+        if (ko > len || kl > len - ko || vo > len || vl > len - vo) {
+            rc = locator_error(s, "entry outside the locator");
+            goto out;
+        }
+        for (k = 0; k < 2; k++) {
+            if (key_is(buf + ko, kl, keys[k])) {
+                found[k] = 1;
+                val_off[k] = vo;
+                val_len[k] = vl;
+            }
+        }
+    }
+    k = found[0] ? 0 : found[1] ? 1 : 2;
+    if (k == 2) {
+        rc = locator_error(s, "no relative_path or absolute_win32_path");
+        goto out;
+    }
+    path = ins_malloc(ctx, PARENT_PATH_MAX);
+    if (!path) {
+        rc = open_error(s, INS_ENOMEM);
+        goto out;
+    }
+    if (!utf16_path(buf + val_off[k], val_len[k], path, PARENT_PATH_MAX)) {
+        rc = locator_error(s, "bad parent path");
+        goto out;
+    }
+    for (p = path; p[0] == '.' && p[1] == '/'; p += 2)
+        ;
+    if (!*p) {
+        rc = locator_error(s, "empty parent path");
+        goto out;
+    }
+    s->parent = ins_strdup(ctx, p);
+    if (!s->parent)
+        rc = open_error(s, INS_ENOMEM);
+out:
+    ins_free(ctx, path);
+    ins_free(ctx, buf);
+    return rc;
 }
 
 static unsigned log2_u64(uint64_t v)
@@ -689,9 +885,13 @@ static int parse_metadata(struct vhdx_image *s, uint64_t meta_off,
         return rc;
     block_size = ins_le32(params);
     flags = ins_le32(params + 4);
-    /* has_parent with no parent locator (one would have failed above) */
-    if (flags & PARAMS_HAS_PARENT)
+    /* has_parent with no parent locator (one would have failed above,
+     * except in read mode), and a locator without has_parent, fail as in
+     * qemu. */
+    if ((flags & PARAMS_HAS_PARENT) && !(m.present & META_PARENT_LOCATOR))
         return open_error(s, INS_EINVAL);
+    if (!(flags & PARAMS_HAS_PARENT) && (m.present & META_PARENT_LOCATOR))
+        return open_error(s, INS_ENOTSUP);
     if ((rc = read_item(s, &m, 1, vsize, sizeof(vsize))) < 0 ||
         (rc = read_item(s, &m, 3, lss, sizeof(lss))) < 0 ||
         (rc = read_item(s, &m, 4, pss, sizeof(pss))) < 0)
@@ -704,6 +904,12 @@ static int parse_metadata(struct vhdx_image *s, uint64_t meta_off,
      * down to the block size being a power of two. */
     if (block_size & (block_size - 1))
         return open_error(s, INS_EINVAL);
+    if (flags & PARAMS_HAS_PARENT) {
+        rc = parse_parent_locator(s, &m);
+        if (rc < 0)
+            return rc;
+        s->has_parent = 1;
+    }
     s->block_size = block_size;
     s->chunk_ratio = (uint64_t)MAX_SECTORS_PER_BLOCK * 512 / block_size;
     s->chunk_ratio_bits = log2_u64(s->chunk_ratio);
@@ -728,6 +934,46 @@ static int bat_get(struct vhdx_image *s, uint64_t i, uint64_t *e)
 }
 
 /*
+ * Differencing images (our own rules; qemu cannot open them): every
+ * present payload block and sector bitmap must lie inside the file and
+ * outside the headers, log and regions; states must be known ones.
+ */
+static int check_diff_bat_entry(struct vhdx_image *s, uint64_t i, uint64_t e,
+                                uint64_t fsize)
+{
+    unsigned state = (unsigned)(e & BAT_STATE_MASK);
+    uint64_t offset = e & BAT_OFFSET_MASK, length;
+
+    if ((i + 1) % (s->chunk_ratio + 1) == 0) {
+        /* A sector bitmap entry. */
+        if (state == 0)
+            return INS_OK;
+        if (state != SB_BLOCK_PRESENT)
+            return INS_EINVAL;
+        length = SECTOR_BITMAP_SIZE;
+    } else {
+        switch (state) {
+        case PAYLOAD_NOT_PRESENT:
+        case PAYLOAD_UNDEFINED:
+        case PAYLOAD_ZERO:
+        case PAYLOAD_UNMAPPED:
+        case PAYLOAD_UNMAPPED_V095:
+            return INS_OK;
+        case PAYLOAD_FULLY_PRESENT:
+        case PAYLOAD_PARTIALLY_PRESENT:
+            length = s->block_size;
+            break;
+        default:
+            return INS_EINVAL;
+        }
+    }
+    if (offset < MiB || offset > fsize || length > fsize - offset ||
+        regions_sorted_overlap(s, offset, length))
+        return INS_EINVAL;
+    return INS_OK;
+}
+
+/*
  * qemu's vhdx_check_bat_entries: present blocks must lie inside the file,
  * and payload blocks must not overlap the log or a region.  qemu's counter
  * of payload blocks between sector-bitmap entries only advances on
@@ -740,6 +986,8 @@ static int check_bat_entry(struct vhdx_image *s, uint64_t i, uint64_t e,
     uint64_t fsize = (s->base.file->size + 511) & ~(uint64_t)511, offset, rest;
     uint32_t block_length;
 
+    if (s->has_parent)
+        return check_diff_bat_entry(s, i, e, fsize);
     if ((e & BAT_STATE_MASK) != PAYLOAD_FULLY_PRESENT)
         return INS_OK;
     offset = e & BAT_OFFSET_MASK;
@@ -808,6 +1056,7 @@ static void vhdx_close(struct ins_image *img)
     if (!s)
         return;
     ins_free(img->ctx, s->bat);
+    ins_free(img->ctx, s->parent);
     ins_free(img->ctx, s);
 }
 
@@ -820,9 +1069,9 @@ static int vhdx_open(struct ins_ctx *ctx, struct ins_bdev *file,
     uint32_t bat_len = 0, nblocks;
     int rc;
 
-    (void)flags;
     if (!s)
         return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    s->open_flags = flags;
     s->base.drv = &ins_drv_vhdx;
     s->base.ctx = ctx;
     s->base.file = file;
@@ -846,6 +1095,18 @@ static int vhdx_open(struct ins_ctx *ctx, struct ins_bdev *file,
     data_blocks = (disk_size + s->block_size - 1) / s->block_size;
     nblocks = (uint32_t)data_blocks;
     s->bat_entries = nblocks + ((uint32_t)(nblocks - 1) >> s->chunk_ratio_bits);
+    if (s->has_parent) {
+        /* Every chunk, the last one too, ends with its sector bitmap
+         * entry; no 32-bit wrap-around here. */
+        uint64_t chunks = (data_blocks + s->chunk_ratio - 1) / s->chunk_ratio;
+
+        if (data_blocks == 0 || data_blocks > UINT32_MAX ||
+            chunks * (s->chunk_ratio + 1) > bat_len / 8) {
+            rc = open_error(s, INS_EINVAL);
+            goto fail;
+        }
+        s->bat_entries = (uint32_t)(chunks * (s->chunk_ratio + 1));
+    }
     if (s->bat_entries > bat_len / 8) {
         rc = open_error(s, INS_EINVAL);
         goto fail;
@@ -880,6 +1141,85 @@ static int vhdx_info(struct ins_image *img, struct tree_builder *tb,
 }
 
 /*
+ * The run of sectors from sector (of the chunk) that share the bit of the
+ * first one in the sector bitmap at bm_off, up to max sectors.  Returns
+ * the bit (1: in this file) or a negative INS_E*.
+ */
+static int bitmap_run(struct vhdx_image *s, uint64_t bm_off, uint64_t sector,
+                      uint64_t max, uint64_t *run)
+{
+    uint8_t buf[512];
+    uint64_t n = 0, loaded = UINT64_MAX;
+    int first = -1;
+
+    while (n < max) {
+        uint64_t bit = sector + n, byte = bit / 8;
+        int v;
+
+        if (loaded == UINT64_MAX || byte < loaded || byte >= loaded + sizeof(buf)) {
+            loaded = byte;
+            if (ins_read_zfill(s->base.file, buf, sizeof(buf), bm_off + byte) < 0)
+                return ins_error(s->base.ctx, INS_EIO, "Input/output error");
+        }
+        v = (buf[byte - loaded] >> (bit % 8)) & 1;
+        if (first < 0)
+            first = v;
+        else if (v != first)
+            break;
+        n++;
+    }
+    *run = n;
+    return first;
+}
+
+/*
+ * Block status of a differencing image: present sectors are data at their
+ * offset in this file, explicit zero states read as zeros, the rest (not
+ * present, or a clear bit in the sector bitmap) is the parent's.
+ */
+static int diff_block_status(struct vhdx_image *s, uint64_t offset,
+                             uint64_t bytes, struct ins_bstat *st)
+{
+    uint64_t block = offset / s->block_size;
+    uint64_t in_block = offset % s->block_size;
+    uint64_t idx = block + (block >> s->chunk_ratio_bits), e, sb, bm;
+    uint64_t rest = s->block_size - in_block, first, last, base, run;
+    int bit;
+
+    if (idx >= s->bat_entries || bat_get(s, idx, &e) < 0)
+        return ins_error(s->base.ctx, INS_EIO, "Input/output error");
+    st->pnum = rest < bytes ? rest : bytes;
+    st->map = (e & BAT_OFFSET_MASK) + in_block;
+    st->file = s->base.file;
+    switch (e & BAT_STATE_MASK) {
+    case PAYLOAD_NOT_PRESENT:
+        return 0;
+    case PAYLOAD_FULLY_PRESENT:
+        return INS_BS_DATA | INS_BS_OFFSET_VALID;
+    case PAYLOAD_PARTIALLY_PRESENT:
+        break;
+    default:
+        return INS_BS_ZERO;
+    }
+    /* The chunk's sector bitmap entry ends its group of BAT entries. */
+    sb = (block >> s->chunk_ratio_bits) * (s->chunk_ratio + 1) + s->chunk_ratio;
+    if (sb >= s->bat_entries || bat_get(s, sb, &bm) < 0)
+        return ins_error(s->base.ctx, INS_EIO, "Input/output error");
+    if ((bm & BAT_STATE_MASK) != SB_BLOCK_PRESENT)
+        return 0;               /* no bitmap: nothing is in this file */
+    /* Sectors are numbered from the start of the chunk. */
+    base = (block & (s->chunk_ratio - 1)) * (s->block_size / 512);
+    first = base + in_block / 512;
+    last = base + (in_block + st->pnum - 1) / 512;
+    bit = bitmap_run(s, bm & BAT_OFFSET_MASK, first, last - first + 1, &run);
+    if (bit < 0)
+        return bit;
+    if (first + run <= last)
+        st->pnum = (first + run - base) * 512 - in_block;
+    return bit ? INS_BS_DATA | INS_BS_OFFSET_VALID : 0;
+}
+
+/*
  * qemu's vhdx driver has no block status of its own, so qemu's generic
  * answer applies: everything is data, at no known offset.  Reads then
  * look at the BAT.
@@ -887,8 +1227,10 @@ static int vhdx_info(struct ins_image *img, struct tree_builder *tb,
 static int vhdx_block_status(struct ins_image *img, uint64_t offset,
                              uint64_t bytes, struct ins_bstat *st)
 {
-    (void)img;
-    (void)offset;
+    struct vhdx_image *s = (struct vhdx_image *)img;
+
+    if (s->has_parent)
+        return diff_block_status(s, offset, bytes, st);
     st->pnum = bytes;
     return INS_BS_DATA;
 }
@@ -923,15 +1265,35 @@ static int vhdx_read(struct ins_image *img, void *buf, size_t len,
             if (rc < 0)
                 return rc;
             break;
+        case PAYLOAD_PARTIALLY_PRESENT:
+            /* Only differencing images have these, and the read layer
+             * asks only for the sectors block status found here. */
+            if (s->has_parent) {
+                rc = ins_read_zfill(img->file, p, n,
+                                    (e & BAT_OFFSET_MASK) + in_block);
+                if (rc < 0)
+                    return rc;
+                break;
+            }
+            return ins_error(img->ctx, INS_EIO, "Input/output error");
         default:
-            /* Partially present blocks belong to differencing images,
-             * which qemu cannot read either. */
             return ins_error(img->ctx, INS_EIO, "Input/output error");
         }
         p += n;
         offset += n;
         len -= n;
     }
+    return INS_OK;
+}
+
+/* A differencing image's parent, always a VHDX image. */
+static int vhdx_backing(struct ins_image *img, const char **name,
+                        const char **format)
+{
+    struct vhdx_image *s = (struct vhdx_image *)img;
+
+    *name = s->has_parent ? s->parent : NULL;
+    *format = s->has_parent ? "vhdx" : NULL;
     return INS_OK;
 }
 
@@ -943,4 +1305,7 @@ const struct ins_driver ins_drv_vhdx = {
     .close = vhdx_close,
     .block_status = vhdx_block_status,
     .read = vhdx_read,
+    .backing = vhdx_backing,
+    .supports_backing = 1,
+    .backing_ref_kind = INS_REF_PARENT,
 };

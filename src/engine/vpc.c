@@ -12,9 +12,16 @@
  * Opening follows qemu's vpc_open: the footer checksum must be right,
  * the virtual size comes from the CHS geometry or the footer's
  * current_size depending on the creator application (the rule changed in
- * qemu 10.0), and the BAT must fit in the file.  qemu's vpc driver has no
- * backing-file support: a differencing disk is read like a dynamic one
- * (unallocated blocks read as zeros), so we do the same.
+ * qemu 10.0), and the BAT must fit in the file.
+ *
+ * Differencing disks (type 4) are where instar deliberately differs from
+ * qemu: qemu's vpc driver ignores the parent, so sectors a differencing
+ * disk does not hold read as zeros there.  The VHD specification says
+ * they are the parent's, so the read layer opens the parent named by the
+ * parent locators (as an INS_REF_PARENT reference, under the host's path
+ * policy) and each allocated block's sector bitmap decides, sector by
+ * sector, which layer holds the data.  info is unchanged: qemu shows no
+ * backing file for a VHD, and neither do we.
  */
 #include "engine.h"
 
@@ -24,6 +31,7 @@
 #define DYN_HEADER_SIZE  1024
 
 #define VHD_FIXED        2
+#define VHD_DIFF         4
 
 /* qemu's limits: 2040 GiB, and the largest CHS geometry. */
 #define VHD_MAX_SECTORS  0xff000000ULL
@@ -56,6 +64,16 @@
 #define D_TABLE_OFFSET   16
 #define D_MAX_ENTRIES    28
 #define D_BLOCK_SIZE     32
+#define D_PARENT_NAME    64     /* 512 bytes of UTF-16BE */
+#define D_PARENT_NAME_LEN 512
+#define D_LOCATORS       576    /* 8 entries of 24 bytes */
+#define N_LOCATORS       8
+#define LOCATOR_SIZE     24
+
+/* Parent names: the most UTF-16 bytes we read from a locator (Windows'
+ * longest path, 32767 units) and the longest UTF-8 name we hand on. */
+#define LOCATOR_MAX_DATA 65536u
+#define PARENT_NAME_MAX  4096u
 
 struct vpc_image {
     struct ins_image base;
@@ -67,6 +85,8 @@ struct vpc_image {
     uint32_t max_table_entries;
     uint64_t bat_offset;
     uint32_t *bat;              /* host-order BAT, or NULL: read on demand */
+    uint8_t dyn_header[DYN_HEADER_SIZE];
+    char *parent;               /* decoded parent name, once backing() ran */
 };
 
 static int qemu_pread(struct ins_bdev *f, void *buf, uint64_t len,
@@ -235,6 +255,7 @@ static int open_dynamic(struct ins_ctx *ctx, struct vpc_image *s,
         return ins_error(ctx, INS_EIO, "Error reading dynamic VHD header");
     if (memcmp(hdr, "cxsparse", 8) != 0)
         return ins_error(ctx, INS_EINVAL, "Invalid header magic");
+    memcpy(s->dyn_header, hdr, sizeof(hdr));
 
     s->block_size = ins_be32(hdr + D_BLOCK_SIZE);
     if (s->block_size < 512 || (s->block_size & (s->block_size - 1)))
@@ -264,6 +285,7 @@ static void vpc_close(struct ins_image *img)
     if (!s)
         return;
     ins_free(img->ctx, s->bat);
+    ins_free(img->ctx, s->parent);
     ins_free(img->ctx, s);
 }
 
@@ -363,12 +385,58 @@ static int bat_entry(struct vpc_image *s, uint64_t i, uint32_t *e)
     return INS_OK;
 }
 
+/* Whether this image is a differencing disk we read with its parent. */
+static int is_diff(const struct vpc_image *s)
+{
+    return s->has_bat && s->type == VHD_DIFF;
+}
+
+/*
+ * In a differencing disk's allocated block, the sector bitmap at the
+ * block's start says which sectors the child holds (bit set, most
+ * significant bit first) and which are the parent's.  Finds how many
+ * bytes from in_block (at most n) share the state of the first sector;
+ * *present gets that state.
+ */
+static int bitmap_run(struct vpc_image *s, uint32_t e, uint64_t in_block,
+                      uint64_t n, int *present, uint64_t *run)
+{
+    uint64_t first = in_block / 512, last = (in_block + n - 1) / 512;
+    uint64_t sec = first, bitmap = (uint64_t)e * 512;
+    uint8_t buf[512];
+
+    while (sec <= last) {
+        uint64_t byte = sec / 8, avail, i;
+
+        /* One sector of bitmap covers 4096 sectors (2 MiB) at a time. */
+        avail = s->bitmap_size - byte < sizeof(buf) ? s->bitmap_size - byte
+                                                    : sizeof(buf);
+        if (ins_read_zfill(s->base.file, buf, (size_t)avail, bitmap + byte) < 0)
+            return ins_error(s->base.ctx, INS_EIO, "Error reading sector bitmap");
+        for (i = sec % 8; i < avail * 8 && sec <= last; i++, sec++) {
+            int bit = buf[i / 8] >> (7 - i % 8) & 1;
+
+            if (sec == first)
+                *present = bit;
+            else if (bit != *present)
+                goto done;
+        }
+    }
+done:
+    *run = sec * 512 - in_block;
+    if (*run > n)
+        *run = n;
+    return INS_OK;
+}
+
 /*
  * qemu's vpc_co_block_status: a fixed disk is the file itself (data, and
  * the file may know it reads as zeros); in a dynamic disk an allocated
  * block is one run (its sectors are contiguous in the file and the sector
  * bitmap is not consulted), and consecutive unallocated blocks are one
- * run of zeros.
+ * run of zeros.  A differencing disk (our divergence, see the top of the
+ * file) leaves unallocated blocks, and sectors of allocated blocks whose
+ * bitmap bit is clear, to its parent.
  */
 static int vpc_block_status(struct ins_image *img, uint64_t offset,
                             uint64_t bytes, struct ins_bstat *st)
@@ -395,9 +463,18 @@ static int vpc_block_status(struct ins_image *img, uint64_t offset,
         if (rc < 0)
             return rc;
         if (e != BAT_UNUSED) {
+            int present = 1;
+
             if (done > 0)
                 break;
+            if (is_diff(s)) {
+                rc = bitmap_run(s, e, in_block, n, &present, &n);
+                if (rc < 0)
+                    return rc;
+            }
             st->pnum = n;
+            if (!present)
+                return 0;
             st->map = (uint64_t)e * 512 + s->bitmap_size + in_block;
             st->file = img->file;
             return INS_BS_DATA | INS_BS_OFFSET_VALID;
@@ -405,7 +482,161 @@ static int vpc_block_status(struct ins_image *img, uint64_t offset,
         done += n;
     }
     st->pnum = done;
-    return INS_BS_ZERO;
+    return is_diff(s) ? 0 : INS_BS_ZERO;
+}
+
+/*
+ * UTF-16 (big- or little-endian) to UTF-8 in out (outlen bytes with the
+ * terminating NUL).  Trailing NULs are padding; a NUL before them, an
+ * unpaired surrogate or a name too long is an error.
+ */
+static int utf16_to_utf8(const uint8_t *in, size_t inlen, int big_endian,
+                         char *out, size_t outlen)
+{
+    size_t units = inlen / 2, i, o = 0;
+
+    while (units > 0 && in[2 * units - 2] == 0 && in[2 * units - 1] == 0)
+        units--;
+    for (i = 0; i < units; i++) {
+        const uint8_t *p = in + 2 * i;
+        uint32_t c = big_endian ? ins_be16(p) : ins_le16(p);
+        uint8_t enc[4];
+        size_t len;
+
+        if (c == 0)
+            return -1;
+        if (c >= 0xdc00 && c <= 0xdfff)
+            return -1;
+        if (c >= 0xd800 && c <= 0xdbff) {
+            uint32_t lo;
+
+            if (++i >= units)
+                return -1;
+            lo = big_endian ? ins_be16(p + 2) : ins_le16(p + 2);
+            if (lo < 0xdc00 || lo > 0xdfff)
+                return -1;
+            c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
+        }
+        if (c < 0x80) {
+            enc[0] = (uint8_t)c;
+            len = 1;
+        } else if (c < 0x800) {
+            enc[0] = (uint8_t)(0xc0 | c >> 6);
+            enc[1] = (uint8_t)(0x80 | (c & 0x3f));
+            len = 2;
+        } else if (c < 0x10000) {
+            enc[0] = (uint8_t)(0xe0 | c >> 12);
+            enc[1] = (uint8_t)(0x80 | (c >> 6 & 0x3f));
+            enc[2] = (uint8_t)(0x80 | (c & 0x3f));
+            len = 3;
+        } else {
+            enc[0] = (uint8_t)(0xf0 | c >> 18);
+            enc[1] = (uint8_t)(0x80 | (c >> 12 & 0x3f));
+            enc[2] = (uint8_t)(0x80 | (c >> 6 & 0x3f));
+            enc[3] = (uint8_t)(0x80 | (c & 0x3f));
+            len = 4;
+        }
+        if (len >= outlen - o)
+            return -1;
+        memcpy(out + o, enc, len);
+        o += len;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* Windows' separators become '/', and a leading ".\" goes. */
+static void windows_to_posix(char *name)
+{
+    char *p;
+
+    for (p = name; *p; p++)
+        if (*p == '\\')
+            *p = '/';
+    while (name[0] == '.' && name[1] == '/')
+        memmove(name, name + 2, strlen(name + 2) + 1);
+}
+
+/* Decodes the locator entry with this platform code, if there is one:
+ * returns 1 with out filled, 0 when absent, or an INS_E*. */
+static int read_locator(struct vpc_image *s, const char *code, char *out,
+                        size_t outlen)
+{
+    struct ins_ctx *ctx = s->base.ctx;
+    int i;
+
+    for (i = 0; i < N_LOCATORS; i++) {
+        const uint8_t *l = s->dyn_header + D_LOCATORS + i * LOCATOR_SIZE;
+        uint32_t len = ins_be32(l + 8);
+        uint64_t off = ins_be64(l + 16), end;
+        uint8_t *data;
+        int rc;
+
+        if (memcmp(l, code, 4) != 0 || len == 0)
+            continue;
+        if (len > LOCATOR_MAX_DATA || ins_add_overflow(off, len, &end) ||
+            end > s->base.file->size)
+            return ins_error(ctx, INS_EINVAL, "Invalid parent locator '%s'", code);
+        data = ins_malloc(ctx, len);
+        if (!data)
+            return ins_error(ctx, INS_ENOMEM, "Out of memory");
+        rc = ins_read(s->base.file, data, len, off);
+        if (rc == 0 && utf16_to_utf8(data, len, 0, out, outlen) < 0)
+            rc = ins_error(ctx, INS_EINVAL, "Invalid parent locator '%s'", code);
+        else if (rc < 0)
+            rc = ins_error(ctx, INS_EIO, "Error reading parent locator '%s'", code);
+        ins_free(ctx, data);
+        if (rc < 0)
+            return rc;
+        if (out[0])
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * The parent of a differencing disk: the relative Windows locator (W2ru),
+ * else the absolute one (W2ku), else the parent's unicode name in the
+ * header.  The host resolves it against our directory, under its policy.
+ */
+static int vpc_backing(struct ins_image *img, const char **name,
+                       const char **format)
+{
+    struct vpc_image *s = (struct vpc_image *)img;
+    struct ins_ctx *ctx = img->ctx;
+    char *buf;
+    int rc;
+
+    *name = NULL;
+    *format = NULL;
+    if (!is_diff(s))
+        return INS_OK;
+    if (!s->parent) {
+        buf = ins_malloc(ctx, PARENT_NAME_MAX);
+        if (!buf)
+            return ins_error(ctx, INS_ENOMEM, "Out of memory");
+        rc = read_locator(s, "W2ru", buf, PARENT_NAME_MAX);
+        if (rc == 0)
+            rc = read_locator(s, "W2ku", buf, PARENT_NAME_MAX);
+        if (rc == 0) {
+            if (utf16_to_utf8(s->dyn_header + D_PARENT_NAME, D_PARENT_NAME_LEN,
+                              1, buf, PARENT_NAME_MAX) < 0)
+                rc = ins_error(ctx, INS_EINVAL, "Invalid parent unicode name");
+        }
+        if (rc < 0) {
+            ins_free(ctx, buf);
+            return rc;
+        }
+        windows_to_posix(buf);
+        s->parent = buf;
+    }
+    if (!s->parent[0])
+        return INS_OK;
+    *name = s->parent;
+    /* The parent of a VHD is a VHD: never let it be probed as anything
+     * else (a qcow2 there could pull in a chain of its own). */
+    *format = "vpc";
+    return INS_OK;
 }
 
 const struct ins_driver ins_drv_vpc = {
@@ -416,4 +647,9 @@ const struct ins_driver ins_drv_vpc = {
     .close = vpc_close,
     .block_status = vpc_block_status,
     .read = ins_read_mapped,
+    .backing = vpc_backing,
+    /* Only differencing disks leave anything to a parent (block_status
+     * says ZERO for a dynamic disk's unallocated blocks). */
+    .supports_backing = 1,
+    .backing_ref_kind = INS_REF_PARENT,
 };

@@ -75,7 +75,6 @@ enum ins_ref_kind {
 #define INS_F_UNSAFE_QUIRKS  0x01   /* qemu-img's unsafe behaviour (raw fallback, iso as raw) */
 #define INS_F_IGNORE_QUIRKS  0x02   /* intuitive output instead of qemu-img's safe quirks */
 #define INS_F_EXTRA_DETAIL   0x04   /* extra format-specific detail qemu-img omits */
-#define INS_F_FORCE_SHARE    0x08   /* -U: no effect on reads, kept for messages */
 /* The qemu-img version instar stands in for, as major * 100 + minor, rides
  * in the high bits (some formats' rules changed between versions); 0 means
  * the newest. */
@@ -227,7 +226,6 @@ struct ins_image {
     uint64_t virtual_size;          /* set by the driver's open */
     /* Set by the read layer (read.c), not by drivers: */
     struct ins_image *backing;      /* opened backing image, or NULL */
-    int backing_depth;
 };
 
 /* ---- reading guest content ---- */
@@ -261,7 +259,6 @@ struct ins_bstat {
 };
 
 /* Open flags. */
-#define INS_O_PROBED   0x01     /* format came from probing, not -f */
 #define INS_O_READ     0x02     /* opened to read guest data, not only for info */
 
 struct ins_driver {

@@ -116,7 +116,6 @@ int ins_image_open(struct ins_ctx *ctx, struct ins_bdev *file,
                            bdrv->name);
             goto fail;
         }
-        next->backing_depth = depth;
         img->backing = next;
         img = next;
     }

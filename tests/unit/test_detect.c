@@ -3,29 +3,12 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "engine/engine.h"
-
-struct mem {
-    const uint8_t *data;
-    size_t len;
-};
-
-static int64_t mem_pread(void *opaque, void *buf, size_t len, uint64_t off)
-{
-    struct mem *m = opaque;
-
-    if (off >= m->len)
-        return 0;
-    if (len > m->len - off)
-        len = m->len - off;
-    memcpy(buf, m->data + off, len);
-    return (int64_t)len;
-}
+#include "membdev.h"
 
 static const char *detect(const uint8_t *data, size_t len, const char *name,
                           unsigned flags)
 {
-    struct mem m = { data, len };
+    struct membuf m = { data, len };
     struct ins_bdev bd;
     struct ins_ctx ctx;
     struct ins_detect det;

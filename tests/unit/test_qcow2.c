@@ -6,27 +6,10 @@
 #include <string.h>
 
 #include "check.h"
-#include "engine/engine.h"
+#include "membdev.h"
 
 #define CL      65536u
 #define IMGSIZE (8 * CL)
-
-struct membuf {
-    uint8_t *data;
-    size_t len;
-};
-
-static int64_t mem_pread(void *opaque, void *buf, size_t len, uint64_t off)
-{
-    struct membuf *m = opaque;
-
-    if (off >= m->len)
-        return 0;
-    if (len > m->len - off)
-        len = m->len - off;
-    memcpy(buf, m->data + off, len);
-    return (int64_t)len;
-}
 
 static int no_refs(struct ins_ctx *ctx, enum ins_ref_kind kind,
                    const char *base, const char *name, struct ins_bdev **out)

@@ -54,6 +54,25 @@ struct ins_bdev {
     /* The last data region seek() found, [bsc_start, bsc_end) (empty when
      * equal): qemu's block-status cache, kept by ins_file_status. */
     uint64_t bsc_start, bsc_end;
+
+    /*
+     * The write side, NULL on a read-only device (the host decides: it
+     * hands the worker a writable descriptor only for an image the
+     * command may change, or a target it created).  Call through the
+     * ins_write family below, which keeps `size` up to date.  pread and
+     * pwrite may be called from several threads at once.
+     *
+     * pwrite writes len bytes at offset: returns len or a negative INS_E*.
+     * flush makes everything written so far durable (fdatasync).
+     * truncate sets the file's length.
+     * punch (optional) deallocates [offset, offset + len) so that it reads
+     * as zeros, as fallocate(PUNCH_HOLE); INS_ENOTSUP when it cannot.
+     */
+    int64_t (*pwrite)(void *opaque, const void *buf, size_t len,
+                      uint64_t offset);
+    int (*flush)(void *opaque);
+    int (*truncate)(void *opaque, uint64_t size);
+    int (*punch)(void *opaque, uint64_t offset, uint64_t len);
 };
 
 /* Exactly len bytes at offset; INS_EIO if the file ends first. */
@@ -61,6 +80,22 @@ int ins_read(struct ins_bdev *bd, void *buf, size_t len, uint64_t offset);
 /* len bytes at offset; whatever lies past end of file reads as zeros. */
 int ins_read_zfill(struct ins_bdev *bd, void *buf, size_t len,
                    uint64_t offset);
+
+/* Exactly len bytes at offset (the file grows as needed); INS_EIO on a
+ * short write, INS_ENOTSUP on a read-only device. */
+int ins_write(struct ins_bdev *bd, const void *buf, size_t len,
+              uint64_t offset);
+/* Durability barrier: what was written before is on disk before anything
+ * written after.  Metadata updates are ordered with it. */
+int ins_flush(struct ins_bdev *bd);
+int ins_truncate(struct ins_bdev *bd, uint64_t size);
+/* Makes [offset, offset + len) read as zeros: punches a hole where the
+ * device can, else writes zeros (never past the end of the file). */
+int ins_zero_range(struct ins_bdev *bd, uint64_t offset, uint64_t len);
+static inline int ins_writable(const struct ins_bdev *bd)
+{
+    return bd->pwrite != NULL;
+}
 
 /* ---- context ---- */
 
@@ -218,6 +253,22 @@ struct ins_info {
 
 struct ins_driver;
 
+/* qemu's BdrvCheckResult (with its BlockFragInfo), see engine/check.h. */
+struct ins_check_result {
+    int64_t corruptions;
+    int64_t leaks;
+    int64_t check_errors;
+    int64_t corruptions_fixed;
+    int64_t leaks_fixed;
+    int64_t image_end_offset;
+    int64_t total_clusters;
+    int64_t allocated_clusters;
+    int64_t fragmented_clusters;
+    int64_t compressed_clusters;
+};
+#define INS_CHECK_FIX_LEAKS   0x01  /* -r leaks (qemu's BDRV_FIX_LEAKS) */
+#define INS_CHECK_FIX_ERRORS  0x02  /* -r all adds this (BDRV_FIX_ERRORS) */
+
 /* Each driver's image state begins with this. */
 struct ins_image {
     const struct ins_driver *drv;
@@ -260,6 +311,10 @@ struct ins_bstat {
 
 /* Open flags. */
 #define INS_O_READ     0x02     /* opened to read guest data, not only for info */
+#define INS_O_WRITE    0x04     /* the image may be changed (check -r, ...):
+                                   its file is writable */
+#define INS_O_CHECK    0x08     /* opened for check: tolerate what check
+                                   reports (qemu's BDRV_O_CHECK) */
 
 struct ins_driver {
     const char *name;           /* qemu's format name: "qcow2", "vpc", ... */
@@ -325,6 +380,15 @@ struct ins_driver {
      */
     int (*load_snapshot)(struct ins_image *img, const char *id,
                          const char *name);
+    /*
+     * Optional: qemu's bdrv_check for this format (engine/check.c calls
+     * it through ins_op_check).  fix is INS_CHECK_FIX_* (the image was
+     * opened with INS_O_WRITE when non-zero).  Fills res; lines qemu
+     * prints to stderr go through ins_check_msg.  Returns INS_OK, or
+     * INS_E* with ctx->errmsg when the check could not run at all.
+     */
+    int (*check)(struct ins_image *img, unsigned fix,
+                 struct ins_check_result *res);
 };
 
 #define INS_PROBE_LEN 2048

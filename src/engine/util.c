@@ -144,3 +144,75 @@ char *ins_path_combine(struct ins_ctx *ctx, const char *base,
     strcpy(out + dirlen, name);
     return out;
 }
+
+int ins_write(struct ins_bdev *bd, const void *buf, size_t len,
+              uint64_t offset)
+{
+    uint64_t end;
+    int64_t put;
+
+    if (!bd->pwrite)
+        return INS_ENOTSUP;
+    if (len == 0)
+        return INS_OK;
+    if (len > INT64_MAX || ins_add_overflow(offset, len, &end) ||
+        end > INT64_MAX)
+        return INS_EFBIG;
+    put = bd->pwrite(bd->opaque, buf, len, offset);
+    if (put < 0)
+        return (int)put;
+    if ((uint64_t)put != len)
+        return INS_EIO;
+    if (end > bd->size)
+        bd->size = end;
+    return INS_OK;
+}
+
+int ins_flush(struct ins_bdev *bd)
+{
+    if (!bd->pwrite)
+        return INS_ENOTSUP;
+    return bd->flush ? bd->flush(bd->opaque) : INS_OK;
+}
+
+int ins_truncate(struct ins_bdev *bd, uint64_t size)
+{
+    int rc;
+
+    if (!bd->pwrite || !bd->truncate)
+        return INS_ENOTSUP;
+    if (size > INT64_MAX)
+        return INS_EFBIG;
+    rc = bd->truncate(bd->opaque, size);
+    if (rc == INS_OK)
+        bd->size = size;
+    return rc;
+}
+
+int ins_zero_range(struct ins_bdev *bd, uint64_t offset, uint64_t len)
+{
+    static const uint8_t zeros[65536];
+    uint64_t end;
+    int rc;
+
+    if (!bd->pwrite)
+        return INS_ENOTSUP;
+    if (ins_add_overflow(offset, len, &end) || end > INT64_MAX)
+        return INS_EFBIG;
+    /* Past the end of the file everything reads as zeros already. */
+    if (end > bd->size)
+        end = bd->size;
+    if (offset >= end)
+        return INS_OK;
+    if (bd->punch && bd->punch(bd->opaque, offset, end - offset) == INS_OK)
+        return INS_OK;
+    while (offset < end) {
+        size_t n = end - offset < sizeof(zeros) ? (size_t)(end - offset)
+                                                : sizeof(zeros);
+        rc = ins_write(bd, zeros, n, offset);
+        if (rc < 0)
+            return rc;
+        offset += n;
+    }
+    return INS_OK;
+}

@@ -82,5 +82,9 @@ int host_ref_open(void *opaque, const struct worker_ref_request *req, int *err,
 int cmd_info(struct options *o, int argc, char **argv);
 int cmd_map(struct options *o, int argc, char **argv);
 int cmd_compare(struct options *o, int argc, char **argv);
+int cmd_check(struct options *o, int argc, char **argv);      /* cmd_check.c */
+int cmd_inspect(struct options *o, int argc, char **argv);    /* cmd_inspect.c */
+int cmd_convert(struct options *o, int argc, char **argv);    /* cmd_convert.c */
+int cmd_dd(struct options *o, int argc, char **argv);         /* cmd_dd.c */
 
 #endif

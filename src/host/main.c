@@ -40,6 +40,20 @@ static void print_help(const struct options *o)
 
 static int run_command(struct options *o, int argc, char **argv);
 
+static const struct {
+    const char *name;
+    int (*run)(struct options *o, int argc, char **argv);
+} commands[] = {
+    { "info", cmd_info },
+    { "map", cmd_map },
+    { "compare", cmd_compare },
+    { "measure", cmd_measure },
+    { "check", cmd_check },
+    { "inspect", cmd_inspect },
+    { "convert", cmd_convert },
+    { "dd", cmd_dd },
+};
+
 int main(int argc, char **argv)
 {
     struct options o;
@@ -73,14 +87,9 @@ static int run_command(struct options *o, int argc, char **argv)
         print_version(o);
         return 0;
     }
-    if (strcmp(cmd, "info") == 0)
-        return cmd_info(o, argc - 1, argv + 1);
-    if (strcmp(cmd, "map") == 0)
-        return cmd_map(o, argc - 1, argv + 1);
-    if (strcmp(cmd, "compare") == 0)
-        return cmd_compare(o, argc - 1, argv + 1);
-    if (strcmp(cmd, "measure") == 0)
-        return cmd_measure(o, argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            return commands[i].run(o, argc - 1, argv + 1);
     die_msg(o, "Command not found: %s", cmd);
     usage_hint(o, NULL);
     return 1;

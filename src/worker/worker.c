@@ -195,6 +195,55 @@ static int fd_seek(void *opaque, uint64_t offset, int hole, uint64_t *out)
     return INS_OK;
 }
 
+static int64_t fd_pwrite(void *opaque, const void *buf, size_t len,
+                         uint64_t offset)
+{
+    struct fd_bdev *f = opaque;
+    size_t done = 0;
+
+    if (offset > INT64_MAX)
+        return INS_EFBIG;
+    while (done < len) {
+        ssize_t n = pwrite(f->fd, (const uint8_t *)buf + done, len - done,
+                           (off_t)(offset + done));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return errno == EFBIG || errno == ENOSPC ? INS_EFBIG : INS_EIO;
+        done += (size_t)n;
+    }
+    return (int64_t)done;
+}
+
+static int fd_flush(void *opaque)
+{
+    struct fd_bdev *f = opaque;
+
+    return fdatasync(f->fd) < 0 && errno != EINVAL ? INS_EIO : INS_OK;
+}
+
+static int fd_truncate(void *opaque, uint64_t size)
+{
+    struct fd_bdev *f = opaque;
+
+    if (size > INT64_MAX)
+        return INS_EFBIG;
+    return ftruncate(f->fd, (off_t)size) < 0 ? INS_EIO : INS_OK;
+}
+
+static int fd_punch(void *opaque, uint64_t offset, uint64_t len)
+{
+    struct fd_bdev *f = opaque;
+
+    if (offset > INT64_MAX || len > INT64_MAX - offset)
+        return INS_EFBIG;
+    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)offset, (off_t)len) < 0)
+        return INS_ENOTSUP;
+    return INS_OK;
+}
+
 int worker_bdev_init(struct ins_bdev *bd, int fd, const char *name)
 {
     struct fd_bdev *f = malloc(sizeof(*f));
@@ -221,6 +270,14 @@ int worker_bdev_init(struct ins_bdev *bd, int fd, const char *name)
     bd->allocated = (uint64_t)st.st_blocks * 512;
     bd->name = name;
     bd->seek = S_ISREG(st.st_mode) ? fd_seek : NULL;
+    /* Writable only if the host opened it so. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_ACCMODE) == O_RDWR) {
+        bd->pwrite = fd_pwrite;
+        bd->flush = fd_flush;
+        bd->truncate = fd_truncate;
+        bd->punch = S_ISREG(st.st_mode) ? fd_punch : NULL;
+    }
     return INS_OK;
 }
 

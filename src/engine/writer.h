@@ -1,0 +1,84 @@
+/*
+ * writer.h - creating images and writing guest data into them (convert,
+ * dd, and later create).
+ *
+ * A writer lays out a new image on a writable block device exactly as
+ * qemu-img would for the same options (so `qemu-img info` shows the same)
+ * and then takes guest data.  The convert pipeline (engine/convert.c)
+ * reads, detects zeros and compresses on several threads, and calls the
+ * writer from ONE thread, in ascending guest offset order: writers need
+ * no locking, and their allocation order is qemu-img's (which without -W
+ * also writes in order).
+ */
+#ifndef INSTAR_WRITER_H
+#define INSTAR_WRITER_H
+
+#include "engine.h"
+
+struct ins_writer;
+
+/* Each writer's state begins with this. */
+struct ins_wimage {
+    const struct ins_writer *wr;
+    struct ins_ctx *ctx;
+    struct ins_bdev *out;
+    uint64_t virtual_size;
+    /* Writes are aligned to this (the cluster or grain size; 512 for raw)
+     * except where the image ends. */
+    uint64_t granularity;
+    /* A fresh image reads as zeros everywhere (so convert skips zeros). */
+    int zero_init;
+};
+
+/* What create() is asked for.  opts holds the -o options the host
+ * checked against the format's list: a dict of name -> STR (as written),
+ * BOOL (flags) or UINT (numbers and sizes). */
+struct ins_create {
+    uint64_t size;
+    const struct tree *opts;
+    const char *backing_file;       /* -B / backing_file, or NULL */
+    const char *backing_format;     /* or NULL */
+};
+
+struct ins_writer {
+    const char *name;               /* qemu's format name */
+    /* Lays out a new, empty image on out (an empty writable file). */
+    int (*create)(struct ins_ctx *ctx, struct ins_bdev *out,
+                  const struct ins_create *cr, struct ins_wimage **img);
+    /* Optional: opens an existing image for writing (convert -n). */
+    int (*open)(struct ins_ctx *ctx, struct ins_bdev *out,
+                struct ins_wimage **img);
+    /*
+     * Guest data [offset, offset + len), granularity-aligned, in
+     * ascending order over the whole convert.  Ranges never written read
+     * as zeros (or as the backing file's, with one).
+     */
+    int (*write)(struct ins_wimage *img, const void *buf, size_t len,
+                 uint64_t offset);
+    /* Optional: explicit zeros over a range (for -n targets and overlays
+     * whose backing file has data there). */
+    int (*write_zeroes)(struct ins_wimage *img, uint64_t offset,
+                        uint64_t len);
+    /*
+     * Optional (convert -c): compress one granule of guest data into out
+     * (out_cap bytes); thread-safe and pure, so the pipeline runs it on
+     * several threads.  Sets *out_len, or returns INS_ENOTSUP/"too big"
+     * (INS_EFBIG) when the data should be written uncompressed.
+     */
+    int (*compress)(const struct ins_wimage *img, const void *in, size_t len,
+                    void *out, size_t out_cap, size_t *out_len);
+    /* Writes one granule compressed by compress(). */
+    int (*write_compressed)(struct ins_wimage *img, const void *data,
+                            size_t len, uint64_t offset);
+    /* Writes the final metadata and flushes: the image is complete. */
+    int (*finish)(struct ins_wimage *img);
+    void (*close)(struct ins_wimage *img);
+};
+
+extern const struct ins_writer ins_wr_raw, ins_wr_qcow2, ins_wr_vmdk,
+    ins_wr_vpc, ins_wr_vhdx, ins_wr_vdi;
+
+/* The writer for a format name, or NULL. */
+const struct ins_writer *ins_find_writer(const char *name);
+
+#endif

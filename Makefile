@@ -33,9 +33,19 @@ UNITBIN := $(UNITSRC:tests/unit/%.c=$(BUILD)/unit/%)
 
 all: instar
 
-instar: $(LIBOBJ) $(BUILD)/src/host/main.o
+# BIN puts the binary elsewhere (parallel work trees: BUILD=b1 BIN=b1/instar,
+# then INSTAR_BIN=b1/instar for the tests).
+BIN     ?= instar
+
+instar: $(BIN)
+
+ifneq ($(BIN),instar)
+.PHONY: instar
+endif
+
+$(BIN): $(LIBOBJ) $(BUILD)/src/host/main.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-	ln -sf instar qemu-img
+	ln -sf instar $(dir $@)qemu-img
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-INSTAR = REPO / "instar"
+INSTAR = Path(os.environ.get("INSTAR_BIN", REPO / "instar")).absolute()
 ORACLE_PATHS = [
     os.environ.get("QEMU_IMG_72", "/usr/bin/qemu-img"),
     os.environ.get("QEMU_IMG_ORACLE", "/opt/qemu-oracle/bin/qemu-img"),

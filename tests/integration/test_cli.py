@@ -6,7 +6,7 @@ import pytest
 
 from conftest import INSTAR, REPO, run, qemu_img
 
-QEMU_LINK = REPO / "qemu-img"
+QEMU_LINK = INSTAR.parent / "qemu-img"
 ORACLE_ROOT_BIN = "/opt/qemu-oracle/root/usr/bin/qemu-img"
 
 

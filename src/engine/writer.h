@@ -38,6 +38,10 @@ struct ins_create {
     const struct tree *opts;
     const char *backing_file;       /* -B / backing_file, or NULL */
     const char *backing_format;     /* or NULL */
+    /* Further files the host created for the image, in order (a vmdk's
+     * extent files: the descriptor names them by their bdev name). */
+    struct ins_bdev **extra;
+    size_t n_extra;
 };
 
 struct ins_writer {

@@ -204,6 +204,8 @@ static int apply_setting(struct options *o, const char *key, const char *val)
         return parse_size(val, &o->lim.output_bytes);
     if (strcmp(key, "cpu-limit") == 0)
         return parse_uint(val, &o->lim.cpu_seconds);
+    if (strcmp(key, "x-test-kill-after-writes") == 0)
+        return parse_uint(val, &o->lim.test_kill_after_writes);
     if (strcmp(key, "max-depth") == 0) {
         if (parse_uint(val, &n) < 0 || n > 1000)
             return -1;
@@ -299,6 +301,7 @@ static const struct {
     { "--extra-detail", NULL },
     { "--no-sandbox", NULL },
     { "--x-test-sandbox-escape", NULL },
+    { "--x-test-kill-after-writes", "x-test-kill-after-writes" },
 };
 
 static void apply_flag(struct options *o, const char *name)

@@ -195,12 +195,25 @@ static int fd_seek(void *opaque, uint64_t offset, int hole, uint64_t *out)
     return INS_OK;
 }
 
+/* Test hook (--x-test-kill-after-writes): writes left before the worker
+ * kills itself, simulating a crash or kill -9 at that point. 0 = off.
+ * Process-wide because it stands for the whole process dying. */
+static uint64_t writes_until_kill;
+
+static void maybe_die_before_write(void)
+{
+    if (writes_until_kill &&
+        __atomic_sub_fetch(&writes_until_kill, 1, __ATOMIC_SEQ_CST) == 0)
+        syscall(SYS_tgkill, getpid(), (pid_t)syscall(SYS_gettid), SIGKILL);
+}
+
 static int64_t fd_pwrite(void *opaque, const void *buf, size_t len,
                          uint64_t offset)
 {
     struct fd_bdev *f = opaque;
     size_t done = 0;
 
+    maybe_die_before_write();
     if (offset > INT64_MAX)
         return INS_EFBIG;
     while (done < len) {
@@ -533,6 +546,8 @@ static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
         if (install_seccomp(getpid()) < 0)
             _exit(122);
     }
+    if (lim->test_kill_after_writes)
+        writes_until_kill = lim->test_kill_after_writes + 1;
     if (lim->test_escape) {
         /* Test hook: a compromised worker trying to read a host file. */
         int fd = open("/etc/passwd", O_RDONLY);

@@ -27,6 +27,7 @@ struct worker_limits {
     uint64_t output_bytes;      /* largest result the host accepts */
     int no_sandbox;             /* debugging only: no seccomp, no limits */
     int test_escape;            /* test hook: the worker tries open() */
+    uint64_t test_kill_after_writes; /* test hook: SIGKILL before write N+1 */
 };
 
 /* Host-side answer to a worker's request to open a referenced file. */

@@ -10,7 +10,7 @@ CSTD    := -std=c17
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 OPT     ?= -O2 -g
 CFLAGS  += $(CSTD) $(WARN) $(OPT) -D_GNU_SOURCE -MMD -MP
-LDLIBS  += -lseccomp -lzstd -lz -lm -lpthread
+LDLIBS  += -lseccomp -lzstd -lz -lbz2 -lm -lpthread
 
 ifeq ($(SANITIZE),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -DINSTAR_SANITIZE

@@ -2,7 +2,7 @@
 # Installs the Debian packages instar needs to build and test, if missing.
 # Run as root on Debian 12 (make demo / make check call this).
 set -e
-pkgs="build-essential pkg-config libseccomp-dev zlib1g-dev libzstd-dev qemu-utils python3-pytest python3-pytest-xdist clang strace"
+pkgs="build-essential pkg-config libseccomp-dev zlib1g-dev libzstd-dev libbz2-dev qemu-utils python3-pytest python3-pytest-xdist clang strace"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

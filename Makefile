@@ -75,11 +75,53 @@ check: deps
 	$(MAKE) instar
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) fuzz-smoke
 
 bench: instar
 	sh bench/run.sh
+
+# ---- fuzzing (libFuzzer, clang) ----
+#   make fuzz         build-fuzz/fuzz_<fmt> for every format, fuzz_tree, seeds
+#   make fuzz-smoke   each target for FUZZ_TIME seconds from its seeds (2 at a time)
+# A long run: build-fuzz/fuzz_qcow2 build-fuzz/corpus/qcow2 build-fuzz/seeds/qcow2
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_CC      ?= clang
+FUZZ_TIME    ?= 4
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := $(CSTD) $(WARN) -O1 -g -D_GNU_SOURCE -DINSTAR_SANITIZE $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_FORMATS := raw qcow2 qcow qed vmdk vpc vhdx vdi luks parallels bochs cloop dmg iso
+FUZZ_OBJ     := $(COMMON:%.c=$(FUZZ_BUILD)/%.o) $(ENGINE:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_BINS    := $(FUZZ_FORMATS:%=$(FUZZ_BUILD)/fuzz_%) $(FUZZ_BUILD)/fuzz_tree
+
+.PHONY: fuzz fuzz-bins fuzz-seeds fuzz-smoke
+
+fuzz: fuzz-bins fuzz-seeds
+
+fuzz-bins: $(FUZZ_BINS)
+
+fuzz-seeds: $(FUZZ_BUILD)/seeds/.done
+
+$(FUZZ_BUILD)/seeds/.done: fuzz/seeds.sh tests/integration/hostile.py
+	sh fuzz/seeds.sh $(FUZZ_BUILD)/seeds
+	@touch $@
+
+$(FUZZ_BUILD)/src/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_driver.c fuzz/fuzz_common.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Isrc -Ifuzz -DFUZZ_FORMAT='"$*"' -fsanitize=fuzzer \
+		-o $@ $< $(FUZZ_OBJ) $(LDLIBS)
+
+$(FUZZ_BUILD)/fuzz_tree: fuzz/fuzz_tree.c fuzz/fuzz_common.h $(FUZZ_OBJ) $(FUZZ_BUILD)/src/host/render.o
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Isrc -Ifuzz -fsanitize=fuzzer \
+		-o $@ $< $(FUZZ_OBJ) $(FUZZ_BUILD)/src/host/render.o $(LDLIBS)
+
+fuzz-smoke: fuzz
+	sh fuzz/smoke.sh $(FUZZ_BUILD) $(FUZZ_TIME) $(FUZZ_FORMATS) tree
 
 clean:
 	rm -rf $(BUILD) instar qemu-img
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)

@@ -15,10 +15,11 @@
  * chunk of the last sector, else qemu's binary search, which matters for
  * hostile unsorted tables).  zlib chunks are inflated whole into a buffer
  * of exactly their sector count (at most 64 MiB) and kept; raw chunks are
- * read from the file as needed.  bzip2 and lzfse chunks are dropped at
- * open, as by the qemu-img builds we mirror (neither has the dmg-bz2 or
- * dmg-lzfse module): their sectors lie in no chunk and read as I/O
- * errors, as there.  qemu has no block status for dmg: everything is
+ * read from the file as needed.  bzip2 chunks are decoded the same way,
+ * as qemu does with its dmg-bz2 module (which Debian does not build:
+ * its qemu-img drops them at open and fails to read their sectors).
+ * lzfse chunks are dropped at open, as without the dmg-lzfse module:
+ * their sectors lie in no chunk and read as I/O errors, as there.  qemu has no block status for dmg: everything is
  * data, without an offset.
  *
  * Most of qemu's failures here set no message: qemu-img then prints the
@@ -26,6 +27,7 @@
  */
 #include "engine.h"
 
+#include <bzlib.h>
 #include <string.h>
 #include <zlib.h>
 
@@ -120,12 +122,14 @@ static int einval(struct dmg_parse *p)
 
 /*
  * dmg_is_known_block_type().  qemu treats bzip2 and lzfse chunks as known
- * only when its dmg-bz2 / dmg-lzfse modules are installed; the qemu-img
- * builds we mirror have neither, so such chunks are skipped unchecked.
+ * only when its dmg-bz2 / dmg-lzfse modules are installed.  We decode
+ * bzip2 as the module does; lzfse chunks are skipped unchecked, as
+ * without the module.
  */
 static int known_type(uint32_t type)
 {
-    return type == UDZE || type == UDRW || type == UDIG || type == UDZO;
+    return type == UDZE || type == UDRW || type == UDIG || type == UDZO ||
+           type == UDBZ;
 }
 
 /* Keeps a checked chunk for reading, while the table is small enough. */
@@ -628,19 +632,14 @@ static uint32_t search_chunk(const struct dmg_image *di, uint64_t sector)
     return n;
 }
 
-/* Inflates zlib chunk c into di->out: exactly 512 * count bytes, or an
- * I/O error, as qemu's single inflate(Z_FINISH) call decides. */
-static int inflate_chunk(struct dmg_image *di, uint32_t ci)
+/* Makes di->out hold at least size bytes (size <= 64 MiB: the sector
+ * count was bounded at open) and di->in a read buffer. */
+static int chunk_buffers(struct dmg_image *di, uint64_t size)
 {
     struct ins_ctx *ctx = di->base.ctx;
-    const struct dmg_chunk *c = &di->chunks[ci];
-    uint64_t size = c->count * 512, pos = c->offset, left = c->length;
-    int zr = Z_OK;
 
-    if (!bdrv_request_ok(c->offset, c->length))
-        return dmg_eio(di, ci, "offset out of range");
+    di->out_chunk = UINT32_MAX;     /* the buffer is about to change */
     if (size > di->out_size || !di->out) {
-        /* count <= DMG_SECTORCOUNTS_MAX: at most 64 MiB. */
         ins_free(ctx, di->out);
         di->out_size = 0;
         di->out = ins_malloc(ctx, size ? (size_t)size : 1);
@@ -653,6 +652,36 @@ static int inflate_chunk(struct dmg_image *di, uint32_t ci)
         if (!di->in)
             return ins_error(ctx, INS_ENOMEM, "Out of memory");
     }
+    return INS_OK;
+}
+
+/* The next piece of a chunk's compressed bytes into di->in: *n bytes
+ * from *pos, *left still to come after them. */
+static int next_input(struct dmg_image *di, uint32_t ci, uint64_t *pos,
+                      uint64_t *left, size_t *n)
+{
+    *n = *left < DMG_IN_CHUNK ? (size_t)*left : DMG_IN_CHUNK;
+    if (ins_read_zfill(di->base.file, di->in, *n, *pos) < 0)
+        return dmg_eio(di, ci, "read failed");
+    *pos += *n;
+    *left -= *n;
+    return INS_OK;
+}
+
+/* Inflates zlib chunk c into di->out: exactly 512 * count bytes, or an
+ * I/O error, as qemu's single inflate(Z_FINISH) call decides. */
+static int inflate_chunk(struct dmg_image *di, uint32_t ci)
+{
+    struct ins_ctx *ctx = di->base.ctx;
+    const struct dmg_chunk *c = &di->chunks[ci];
+    uint64_t size = c->count * 512, pos = c->offset, left = c->length;
+    int zr = Z_OK, rc;
+
+    if (!bdrv_request_ok(c->offset, c->length))
+        return dmg_eio(di, ci, "offset out of range");
+    rc = chunk_buffers(di, size);
+    if (rc < 0)
+        return rc;
     if (!di->zs_ready) {
         memset(&di->zs, 0, sizeof(di->zs));
         di->zs.zalloc = z_alloc;
@@ -662,7 +691,6 @@ static int inflate_chunk(struct dmg_image *di, uint32_t ci)
             return ins_error(ctx, INS_ENOMEM, "Out of memory");
         di->zs_ready = 1;
     }
-    di->out_chunk = UINT32_MAX;     /* the buffer is about to change */
     if (inflateReset(&di->zs) != Z_OK)
         return dmg_eio(di, ci, "zlib reset failed");
     di->zs.next_out = di->out;
@@ -671,20 +699,83 @@ static int inflate_chunk(struct dmg_image *di, uint32_t ci)
     /* In pieces, ending as qemu's one call would (see cloop.c). */
     for (;;) {
         if (di->zs.avail_in == 0 && left > 0) {
-            size_t n = left < DMG_IN_CHUNK ? (size_t)left : DMG_IN_CHUNK;
+            size_t n;
 
-            if (ins_read_zfill(di->base.file, di->in, n, pos) < 0)
-                return dmg_eio(di, ci, "read failed");
+            rc = next_input(di, ci, &pos, &left, &n);
+            if (rc < 0)
+                return rc;
             di->zs.next_in = di->in;
             di->zs.avail_in = (uInt)n;
-            pos += n;
-            left -= n;
         }
         zr = inflate(&di->zs, left == 0 ? Z_FINISH : Z_NO_FLUSH);
         if (zr != Z_OK)
             break;
     }
     if (zr != Z_STREAM_END || di->zs.total_out != size)
+        return dmg_eio(di, ci, "corrupt compressed data");
+    di->out_chunk = ci;
+    return INS_OK;
+}
+
+static void *bz_alloc(void *opaque, int items, int size)
+{
+    if (items < 0 || size < 0)
+        return NULL;
+    return ins_calloc(opaque, (size_t)items, (size_t)size);
+}
+
+static void bz_free(void *opaque, void *p)
+{
+    ins_free(opaque, p);
+}
+
+/* Decodes bzip2 chunk c into di->out as qemu's dmg-bz2 module does: the
+ * stream must end, having produced exactly 512 * count bytes.  The output
+ * buffer bounds the expansion, so a bomb stops at 64 MiB. */
+static int bunzip_chunk(struct dmg_image *di, uint32_t ci)
+{
+    struct ins_ctx *ctx = di->base.ctx;
+    const struct dmg_chunk *c = &di->chunks[ci];
+    uint64_t size = c->count * 512, pos = c->offset, left = c->length, out;
+    bz_stream bs;
+    int br = BZ_OK, rc;
+
+    if (!bdrv_request_ok(c->offset, c->length))
+        return dmg_eio(di, ci, "offset out of range");
+    rc = chunk_buffers(di, size);
+    if (rc < 0)
+        return rc;
+    memset(&bs, 0, sizeof(bs));
+    bs.bzalloc = bz_alloc;
+    bs.bzfree = bz_free;
+    bs.opaque = ctx;
+    if (BZ2_bzDecompressInit(&bs, 0, 0) != BZ_OK)
+        return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    bs.next_out = (char *)di->out;
+    bs.avail_out = (unsigned)size;
+    for (;;) {
+        if (bs.avail_in == 0) {
+            size_t n;
+
+            if (left == 0)
+                break;              /* input gone, stream not ended */
+            rc = next_input(di, ci, &pos, &left, &n);
+            if (rc < 0) {
+                BZ2_bzDecompressEnd(&bs);
+                return rc;
+            }
+            bs.next_in = (char *)di->in;
+            bs.avail_in = (unsigned)n;
+        }
+        br = BZ2_bzDecompress(&bs);
+        if (br != BZ_OK)
+            break;
+        if (bs.avail_out == 0 && bs.avail_in != 0)
+            break;                  /* more output than the chunk holds */
+    }
+    out = (uint64_t)bs.total_out_hi32 << 32 | bs.total_out_lo32;
+    BZ2_bzDecompressEnd(&bs);
+    if (br != BZ_STREAM_END || out != size)
         return dmg_eio(di, ci, "corrupt compressed data");
     di->out_chunk = ci;
     return INS_OK;
@@ -707,6 +798,10 @@ static int dmg_find(struct dmg_image *di, uint64_t sector)
     case UDZO:
         if (di->out_chunk != ci)
             rc = inflate_chunk(di, ci);
+        break;
+    case UDBZ:
+        if (di->out_chunk != ci)
+            rc = bunzip_chunk(di, ci);
         break;
     case UDRW:
         /* qemu reads the whole chunk in one request. */
@@ -779,6 +874,7 @@ static int dmg_read(struct ins_image *img, void *buf, size_t len,
         at = rel * 512 + in_sector;     /* byte within the chunk */
         switch (c->type) {
         case UDZO:
+        case UDBZ:
             memcpy(p, di->out + at, n);
             break;
         case UDRW:

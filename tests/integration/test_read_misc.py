@@ -349,7 +349,6 @@ def _dmg_hostile():
     cases = {}
     z_long = zlib.compress(bytes(256 * 512 + 512))
     z_short = zlib.compress(bytes(255 * 512))
-    bz = bz2.compress(PLAIN)
 
     def one(chunk, fork=ZLIB + RAW, sectors=512, extra=()):
         chunks = [(UDRW, 0, 128, len(ZLIB), len(RAW))] + [chunk] + list(extra)
@@ -370,8 +369,6 @@ def _dmg_hostile():
                              fork=ZLIB + RAW + bomb)
     cases["raw_past_eof"] = one((UDRW, 128, 2, 10 ** 12, 1024))
     cases["raw_past_max"] = one((UDRW, 128, 2, 2 ** 63 - 100, 1024))
-    cases["bzip2"] = one((UDBZ, 128, 256, len(ZLIB) + len(RAW), len(bz)),
-                         fork=ZLIB + RAW + bz)
     cases["lzfse"] = one((ULFO, 128, 256, 0, 100))
     cases["unknown_type"] = one((0x1234, 128, 256, 0, 100))
     cases["gap"] = one((UDZO, 300, 212, 0, len(ZLIB)))
@@ -408,6 +405,52 @@ def test_dmg_hostile(oracle, tmp_path, case):
     q, _ = check_hostile(oracle, tmp_path, "t.dmg", "dmg", sectors * 512, flat=flat)
     if case == "unsorted_two":
         assert b"offset %d " % (0 if oracle.major >= 8 else 4 * MB) in q.stderr
+
+
+# ---- dmg bzip2 chunks: a known divergence ----
+#
+# qemu reads bzip2 chunks only with its dmg-bz2 module, which Debian does
+# not build: both oracles drop such chunks at open and fail to read their
+# sectors.  instar decodes them as the module does (the stream must end
+# having produced exactly the chunk's sectors), so these tests check
+# instar against the content itself and assert the oracles' failure, so
+# that a qemu-img that gains the module shows up here.
+
+BZ = bz2.compress(PLAIN)
+
+
+def bzip2_dmg(chunk):
+    chunks = [(UDRW, 0, 128, len(ZLIB), len(RAW)), chunk]
+    return dmg(ZLIB + RAW + chunk[5], [mish([c[:5] for c in chunks])], 384)
+
+
+def test_dmg_bzip2_reads(oracle, tmp_path):
+    (tmp_path / "t.dmg").write_bytes(bzip2_dmg(
+        (UDBZ, 128, 256, len(ZLIB) + len(RAW), len(BZ), BZ)))
+    (tmp_path / "flat.raw").write_bytes(RAW + PLAIN)
+    args = ["compare", "-f", "dmg", "-F", "raw", "t.dmg", "flat.raw"]
+    r = instar(*args, cwd=tmp_path, version=oracle.version)
+    assert (r.returncode, r.stdout) == (0, b"Images are identical.\n"), r.stderr
+    q = run([oracle.path, *args], cwd=tmp_path)
+    assert q.returncode == 4, "this qemu-img reads bzip2 dmg chunks now"
+
+
+@pytest.mark.parametrize("case", ["truncated", "corrupt", "too_long", "too_short"])
+def test_dmg_bzip2_hostile(tmp_path, case):
+    """Bad bzip2 chunks are read errors (one line), bounded by the
+    chunk's sector count however much the stream would expand."""
+    stream = {
+        "truncated": BZ[:len(BZ) // 2],
+        "corrupt": BZ[:30] + bytes(40) + BZ[70:],
+        "too_long": bz2.compress(PLAIN + PLAIN),
+        "too_short": bz2.compress(PLAIN[:-512]),
+    }[case]
+    (tmp_path / "t.dmg").write_bytes(bzip2_dmg(
+        (UDBZ, 128, 256, len(ZLIB) + len(RAW), len(stream), stream)))
+    (tmp_path / "flat.raw").write_bytes(RAW + PLAIN)
+    r = instar("compare", "-f", "dmg", "-F", "raw", "t.dmg", "flat.raw", cwd=tmp_path)
+    assert r.returncode == 4 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert b"Error while reading offset" in r.stderr and b"Input/output error" in r.stderr
 
 
 def test_dmg_raw_length_mismatch(oracle, tmp_path):

@@ -31,7 +31,11 @@ static void print_help(const struct options *o)
            "  info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILE\n"
            "  map [-f FMT] [--output=human|json] [--start-offset=N] [--max-length=N] FILE\n"
            "  compare [-f FMT] [-F FMT] [-s] [-q] FILE1 FILE2\n"
+           "  check [-f FMT] [--output=human|json] [-r leaks|all] [-q] FILE\n"
            "  measure [--output=human|json] [-O FMT] [-o OPTIONS] [--size N | [-f FMT] FILE]\n"
+           "  convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-n] [-B BACKING -F FMT] IN... OUT\n"
+           "  inspect [--expected-format FMT] [--output=human|json] FILE|-\n"
+           "  dd [-f FMT] [-O FMT] [bs=N] [count=N] [skip=N] if=INPUT of=OUTPUT\n"
            "\n"
            "'%s COMMAND --help' describes a command and instar's own options\n"
            "(--qemu-version, --allow-path, --unsafe-quirks, --no-sandbox, ...).\n",

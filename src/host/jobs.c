@@ -14,8 +14,14 @@
 
 int host_open_image(const struct options *o, const char *filename, int flags)
 {
-    int fd = open(filename, flags | O_CLOEXEC | O_NOCTTY);
     struct stat st;
+    int fd;
+
+    if (!*filename) {
+        die_msg(o, "Could not open '': The 'file' block driver requires a file name");
+        return -1;
+    }
+    fd = open(filename, flags | O_CLOEXEC | O_NOCTTY);
 
     if (fd < 0) {
         int e = errno;

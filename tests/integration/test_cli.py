@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import INSTAR, REPO, run, qemu_img
+from conftest import INSTAR, REPO, assert_same, run, qemu_img
 
 QEMU_LINK = INSTAR.parent / "qemu-img"
 ORACLE_ROOT_BIN = "/opt/qemu-oracle/root/usr/bin/qemu-img"
@@ -143,3 +143,9 @@ def test_extra_detail_adds_vdi_details(tmp_path):
     assert plain.returncode == 0 and extra.returncode == 0
     assert b"\"type\": \"vdi\"" not in plain.stdout
     assert b'"type": "vdi"' in extra.stdout and b"blocks-in-image" in extra.stdout
+
+
+@pytest.mark.parametrize("args", [["info", ""], ["map", ""], ["compare", "", "x"]])
+def test_empty_file_name(oracle, tmp_path, args):
+    """qemu's file driver refuses an empty name before trying to open it."""
+    assert_same(oracle, args, tmp_path)

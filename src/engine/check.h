@@ -20,6 +20,34 @@
 void ins_check_msg(struct ins_ctx *ctx, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* The same for a line qemu prints with error_report(): the host puts
+ * its program name in front ("qemu-img: ERROR snapshot table too large"). */
+void ins_check_report(struct ins_ctx *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/*
+ * A batch of stderr lines for a check that may print very many (one
+ * partial result per line would cost more than the check): lines collect
+ * in a buffer sent as one multi-line partial when it fills, and on flush.
+ */
+struct ins_check_log {
+    struct ins_ctx *ctx;
+    char *buf;                  /* NULL: no memory, lines go one by one */
+    size_t len;
+    uint64_t lines;             /* lines logged so far */
+};
+#define INS_CHECK_LOG_SIZE (64u << 10)
+
+void ins_check_log_init(struct ins_check_log *log, struct ins_ctx *ctx);
+void ins_check_logf(struct ins_check_log *log, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* An error_report() line (program name in front), after the batch. */
+void ins_check_log_report(struct ins_check_log *log, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void ins_check_log_flush(struct ins_check_log *log);
+/* Flushes and frees. */
+void ins_check_log_free(struct ins_check_log *log);
+
 /* Sends the lines ins_check_msg buffered (ins_op_check does it at the end). */
 void ins_check_msg_flush(struct ins_ctx *ctx);
 

@@ -881,6 +881,12 @@ static int check_header(struct qcow2_image *st, const struct raw_header *h)
         return rc;
     }
 
+    /* A corrupt image may be written only to repair it. */
+    if ((h->incompatible & QCOW2_INCOMPAT_CORRUPT) &&
+        (st->open_flags & INS_O_WRITE) && !(st->open_flags & INS_O_CHECK))
+        return ins_error(ctx, INS_EREFUSED, "qcow2: Image is corrupt; cannot "
+                         "be opened read/write");
+
     st->extended_l2 = (h->incompatible & QCOW2_INCOMPAT_EXTL2) != 0;
     if (st->extended_l2 && st->cluster_size / 32 < 512)
         return ins_error(ctx, INS_EINVAL, "Unsupported subcluster size: %" PRIu64,
@@ -893,7 +899,9 @@ static int check_header(struct qcow2_image *st, const struct raw_header *h)
     st->l2_bits = st->cluster_bits - (st->extended_l2 ? 4 : 3);
     st->size = h->size;
 
-    if (h->refcount_table_clusters == 0)
+    /* qemu-img check opens an image without a refcount table (and then
+     * reports what that breaks). */
+    if (h->refcount_table_clusters == 0 && !(st->open_flags & INS_O_CHECK))
         return ins_error(ctx, INS_EINVAL, "Image does not contain a reference "
                          "count table");
     rc = validate_table(ctx, st, h->refcount_table_offset,
@@ -903,12 +911,15 @@ static int check_header(struct qcow2_image *st, const struct raw_header *h)
         return rc;
     st->refcount_table_offset = h->refcount_table_offset;
     st->refcount_table_clusters = h->refcount_table_clusters;
-    rc = validate_table(ctx, st, h->snapshots_offset, h->nb_snapshots,
-                        QCOW2_SNAPSHOT_HEADER_SIZE,
-                        (uint64_t)QCOW2_SNAPSHOT_HEADER_SIZE * QCOW2_MAX_SNAPSHOTS,
-                        "Snapshot table");
-    if (rc < 0)
-        return rc;
+    /* In check mode the snapshot table is the check's business. */
+    if (!(st->open_flags & INS_O_CHECK)) {
+        rc = validate_table(ctx, st, h->snapshots_offset, h->nb_snapshots,
+                            QCOW2_SNAPSHOT_HEADER_SIZE,
+                            (uint64_t)QCOW2_SNAPSHOT_HEADER_SIZE * QCOW2_MAX_SNAPSHOTS,
+                            "Snapshot table");
+        if (rc < 0)
+            return rc;
+    }
     rc = validate_table(ctx, st, h->l1_table_offset, h->l1_size, 8,
                         QCOW2_MAX_L1_SIZE, "Active L1 table");
     if (rc < 0)
@@ -1029,9 +1040,12 @@ static int qcow2_open(struct ins_ctx *ctx, struct ins_bdev *file,
     rc = read_backing_name(st, &h);
     if (rc < 0)
         goto fail;
-    rc = read_snapshots(st);
-    if (rc < 0)
-        goto fail;
+    /* Like qemu, check mode leaves a broken snapshot table to the check. */
+    if (!(flags & INS_O_CHECK)) {
+        rc = read_snapshots(st);
+        if (rc < 0)
+            goto fail;
+    }
     rc = load_bitmaps(st);
     if (rc < 0)
         goto fail;
@@ -1189,4 +1203,5 @@ const struct ins_driver ins_drv_qcow2 = {
     .block_status = qcow2_block_status,
     .read = qcow2_read,
     .load_snapshot = qcow2_load_snapshot,
+    .check = qcow2_check,
 };

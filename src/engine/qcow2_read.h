@@ -12,6 +12,9 @@ int qcow2_read(struct ins_image *img, void *buf, size_t len, uint64_t offset);
 /* The driver's load_snapshot hook (qemu's qcow2_snapshot_load_tmp). */
 int qcow2_load_snapshot(struct ins_image *img, const char *id,
                         const char *name);
+/* The driver's check hook (qcow2_check.c): qemu's qcow2_co_check. */
+int qcow2_check(struct ins_image *img, unsigned fix,
+                struct ins_check_result *res);
 /* Frees the read state (called from the driver's close). */
 void qcow2_reader_free(struct qcow2_image *st);
 

@@ -11,6 +11,7 @@
  * without allocating in proportion to it.
  */
 #include "engine.h"
+#include "fmt_check.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -650,6 +651,15 @@ static int prl_block_status(struct ins_image *img, uint64_t offset,
     return INS_BS_DATA | INS_BS_OFFSET_VALID;
 }
 
+void ins_prl_layout(const struct ins_image *img, struct prl_layout *l)
+{
+    const struct prl_image *pi = (const struct prl_image *)img;
+
+    l->tracks = pi->tracks;
+    l->off_multiplier = pi->off_multiplier;
+    l->bat_size = pi->bat_size;
+}
+
 const struct ins_driver ins_drv_parallels = {
     .name = "parallels",
     .probe = prl_probe,
@@ -661,4 +671,5 @@ const struct ins_driver ins_drv_parallels = {
     /* qemu's driver supports a backing file given by options (none is
      * stored), so unallocated clusters are the backing's, or zeros. */
     .supports_backing = 1,
+    .check = ins_prl_check,
 };

@@ -8,6 +8,7 @@
  * a check is not checked (nor reported dirty).
  */
 #include "engine.h"
+#include "fmt_check.h"
 
 #include <string.h>
 
@@ -355,6 +356,19 @@ static int qed_backing(struct ins_image *img, const char **name,
     return INS_OK;
 }
 
+void ins_qed_layout(const struct ins_image *img, struct qed_layout *l)
+{
+    const struct qed_image *qi = (const struct qed_image *)img;
+
+    l->cluster_size = qi->h.cluster_size;
+    l->table_size = qi->h.table_size;
+    l->header_size = qi->h.header_size;
+    l->features = qi->h.features;
+    l->l1_table_offset = qi->h.l1_table_offset;
+    l->image_size = qi->h.image_size;
+    l->file_size = qi->file_size;
+}
+
 const struct ins_driver ins_drv_qed = {
     .name = "qed",
     .probe = qed_probe,
@@ -365,4 +379,5 @@ const struct ins_driver ins_drv_qed = {
     .read = ins_read_mapped,
     .backing = qed_backing,
     .supports_backing = 1,
+    .check = ins_qed_check,
 };

@@ -7,6 +7,7 @@
  * qemu reports no format-specific data; --extra-detail adds ours.
  */
 #include "engine.h"
+#include "fmt_check.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -279,4 +280,5 @@ const struct ins_driver ins_drv_vdi = {
     .close = vdi_close,
     .block_status = vdi_block_status,
     .read = ins_read_mapped,
+    .check = ins_vdi_check,
 };

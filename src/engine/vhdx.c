@@ -11,7 +11,9 @@
  * because `qemu-img info` either prints an image or fails, and we must do
  * the same on the same files.  qemu opens read-only for info, so a log
  * that needs replaying makes the open fail; finding out whether it does
- * means walking the circular log as qemu does.  qemu does not support
+ * means walking the circular log as qemu does.  Opened for writing
+ * (check -r) the log is replayed, as qemu does; a safe read-only check
+ * opens the image anyway and reports the log.  qemu does not support
  * differencing VHDX files (a parent locator makes the open fail), and has
  * no format-specific info for vhdx.
  *
@@ -27,6 +29,8 @@
  * sector, and region overlap checks use a sorted table instead of a list.
  */
 #include "engine.h"
+#include "fmt_check.h"
+#include "vhdx_crc.h"
 
 #include <string.h>
 
@@ -189,6 +193,11 @@ static uint32_t crc_with_hole(const uint8_t *buf, size_t n)
     return ~crc32c_update(crc, buf + 8, n - 8);
 }
 
+uint32_t ins_vhdx_checksum(const uint8_t *buf, size_t n)
+{
+    return crc_with_hole(buf, n);
+}
+
 static int checksum_ok(const uint8_t *buf, size_t n)
 {
     return crc_with_hole(buf, n) == ins_le32(buf + 4);
@@ -216,6 +225,12 @@ struct vhdx_image {
     struct region regions[MAX_REGIONS];
     size_t n_regions;
     uint64_t region_max_end[MAX_REGIONS];
+    /* For vhdx_check.c (ins_vhdx_layout). */
+    uint64_t log_offset, meta_offset;
+    uint32_t log_length, bat_len;
+    int log_dirty;              /* check only: a log that needs replaying */
+    int log_replayed;           /* opened for writing: the log was replayed */
+    int curr_header;            /* 1 or 2: the header in use */
 };
 
 static int qemu_pread(struct ins_bdev *f, void *buf, uint64_t len,
@@ -353,6 +368,7 @@ static int parse_headers(struct vhdx_image *s, uint8_t *cur)
         rc = ins_error(ctx, INS_EINVAL, "No valid VHDX header found");
     else
         memcpy(cur, which == 1 ? h1 : h2, HEADER_CMP_SIZE);
+    s->curr_header = which;
     ins_free(ctx, h1);
     return rc;
 }
@@ -366,6 +382,11 @@ struct vlog {
     uint32_t read;              /* the search treats the log as full */
     const uint8_t *guid;        /* the current header's log GUID */
     uint64_t budget;            /* bytes we are still willing to read */
+    /* The sequence qemu would replay: the valid run of entries whose
+     * first entry has the highest sequence number. */
+    int best_valid;
+    uint32_t best_start, best_end, best_count;
+    uint64_t best_seq;
 };
 
 static uint32_t log_next(uint32_t idx, uint32_t length)
@@ -509,6 +530,9 @@ static int log_search(struct vhdx_image *s, struct vlog *log, int *found)
         if (rc < 0)
             goto out;
         if (valid) {
+            uint32_t count = 1, end = log->read;
+            uint64_t first = eseq;
+
             *found = 1;
             /* qemu checks the next entry before it first sets cur_seq. */
             for (;;) {
@@ -518,6 +542,15 @@ static int log_search(struct vhdx_image *s, struct vlog *log, int *found)
                 if (!valid)
                     break;
                 cur_seq = eseq;
+                count++;
+                end = log->read;
+            }
+            if (!log->best_valid || first > log->best_seq) {
+                log->best_valid = 1;
+                log->best_seq = first;
+                log->best_start = tail;
+                log->best_end = end;
+                log->best_count = count;
             }
         }
         if (log->read < tail)
@@ -527,6 +560,151 @@ out:
     ins_free(ctx, seen);
     ins_free(ctx, sector);
     return rc;
+}
+
+/*
+ * Replaying the log (qemu's vhdx_log_flush, when the image is opened for
+ * writing: check -r).  Entries are applied in order: a data descriptor
+ * writes one 4 KiB sector (its first 8 and last 4 bytes live in the
+ * descriptor), a zero descriptor writes zeros.  Then, after a flush, both
+ * headers are rewritten with an empty log GUID.  Until that last step the
+ * log stays valid, so an interrupted replay is simply done again.
+ */
+
+/* Reads the next sector of the sequence; 0 sectors once it is used up
+ * (qemu's vhdx_log_read_sectors). */
+static int replay_read(struct vlog *log, uint8_t *buf, uint32_t end, int *got)
+{
+    *got = 0;
+    if (log->read == end)
+        return INS_OK;
+    *got = 1;
+    return log_read_sector(log, buf);
+}
+
+/* Zeros over [off, off + len), growing the file as writing would. */
+static int replay_zero(struct ins_bdev *f, uint64_t off, uint64_t len)
+{
+    uint64_t old = f->size;
+    int rc;
+
+    if (off + len > old && (rc = ins_truncate(f, off + len)) < 0)
+        return rc;
+    if (off < old)
+        return ins_zero_range(f, off, (off + len < old ? off + len : old) - off);
+    return INS_OK;
+}
+
+static int replay_entry(struct vhdx_image *s, struct vlog *log, uint32_t end,
+                        uint8_t *desc, uint8_t *data)
+{
+    struct ins_bdev *f = s->base.file;
+    uint8_t hdr[LOG_HDR_SIZE];
+    uint64_t flen = (f->size + 511) & ~(uint64_t)511, seq;
+    uint32_t count, i;
+    int got, rc;
+
+    /* vhdx_log_peek_hdr, then vhdx_log_read_desc. */
+    if ((uint64_t)log->read + LOG_HDR_SIZE > log->length ||
+        log_pread(log, hdr, LOG_HDR_SIZE, log->read) < 0 ||
+        !log_hdr_valid(log, hdr))
+        return INS_EINVAL;
+    if (ins_le64(hdr + 48) > flen)       /* flushed_file_offset */
+        return INS_EINVAL;
+    seq = ins_le64(hdr + 16);
+    count = ins_le32(hdr + 24);
+    if (count + 2 > LOG_SECTOR / LOG_DESC_SIZE)
+        return INS_EINVAL;              /* the search refused these */
+    if ((rc = replay_read(log, desc, end, &got)) < 0 || !got)
+        return rc < 0 ? rc : INS_EINVAL;
+    for (i = 0; i < count; i++)
+        if (!log_desc_valid(desc + (i + 2) * LOG_DESC_SIZE, seq))
+            return INS_EINVAL;
+    for (i = 0; i < count; i++) {
+        const uint8_t *d = desc + (i + 2) * LOG_DESC_SIZE;
+        uint64_t off = ins_le64(d + 16), n = 1;
+
+        if (memcmp(d, "desc", 4) == 0) {
+            if ((rc = replay_read(log, data, end, &got)) < 0 || !got)
+                return rc < 0 ? rc : INS_EINVAL;
+            if (((uint64_t)ins_le32(data + 4) << 32 | ins_le32(data + 4092)) != seq)
+                return INS_EINVAL;
+            memcpy(data, d + 8, 8);             /* leading bytes */
+            memcpy(data + 4092, d + 4, 4);      /* trailing bytes */
+        } else {
+            n = ins_le64(d + 8) / LOG_SECTOR;
+            memset(data, 0, LOG_SECTOR);
+        }
+        if (n > (QEMU_MAX_LENGTH - LOG_SECTOR) / LOG_SECTOR ||
+            off > QEMU_MAX_LENGTH - n * LOG_SECTOR)
+            return INS_EINVAL;
+        if (memcmp(d, "desc", 4) == 0)
+            rc = ins_write(f, data, LOG_SECTOR, off);
+        else
+            rc = replay_zero(f, off, n * LOG_SECTOR);
+        if (rc < 0 || (rc = ins_flush(f)) < 0)
+            return rc;
+        if (flen < off && off % MiB) {
+            uint64_t size = (off + MiB - 1) / MiB * MiB;
+
+            if ((rc = ins_truncate(f, size)) < 0)
+                return rc;
+        }
+    }
+    return INS_OK;
+}
+
+/* vhdx_update_header: the other slot gets the current header with the
+ * next sequence number and an empty log GUID, and becomes current.
+ * (qemu also gives it a fresh file write GUID; we have no randomness.) */
+static int replay_update_header(struct vhdx_image *s, uint8_t *buf)
+{
+    uint64_t cur = s->curr_header == 2 ? HEADER2_OFFSET : HEADER1_OFFSET;
+    uint64_t other = s->curr_header == 2 ? HEADER1_OFFSET : HEADER2_OFFSET;
+    uint64_t seq;
+    uint32_t crc;
+    int k, rc;
+
+    if ((rc = ins_read(s->base.file, buf, HEADER_SIZE, cur)) < 0)
+        return rc;
+    seq = ins_le64(buf + 8) + 1;
+    for (k = 0; k < 8; k++)
+        buf[8 + k] = (uint8_t)(seq >> (8 * k));
+    memset(buf + 48, 0, 16);                    /* log GUID */
+    crc = crc_with_hole(buf, HEADER_SIZE);
+    for (k = 0; k < 4; k++)
+        buf[4 + k] = (uint8_t)(crc >> (8 * k));
+    if ((rc = ins_write(s->base.file, buf, HEADER_SIZE, other)) < 0 ||
+        (rc = ins_flush(s->base.file)) < 0)
+        return rc;
+    s->curr_header = s->curr_header == 2 ? 1 : 2;
+    return INS_OK;
+}
+
+static int replay_log(struct vhdx_image *s, struct vlog *log)
+{
+    struct ins_ctx *ctx = s->base.ctx;
+    uint8_t *buf = ins_malloc(ctx, 2 * LOG_SECTOR);
+    uint32_t n;
+    int rc = INS_OK;
+
+    if (!buf)
+        return open_error(s, INS_ENOMEM);
+    log->read = log->best_start;
+    log->budget = 2 * (uint64_t)log->length + 64 * MiB;
+    for (n = 0; n < log->best_count && rc == INS_OK; n++)
+        rc = replay_entry(s, log, log->best_end, buf, buf + LOG_SECTOR);
+    if (rc == INS_OK)
+        rc = ins_flush(s->base.file);
+    if (rc == INS_OK)
+        rc = replay_update_header(s, buf);
+    if (rc == INS_OK)
+        rc = replay_update_header(s, buf);
+    ins_free(ctx, buf);
+    if (rc < 0)
+        return open_error(s, rc == INS_ENOTSUP ? INS_EIO : rc);
+    s->log_replayed = 1;
+    return INS_OK;
 }
 
 static int parse_log(struct vhdx_image *s, const uint8_t *hdr)
@@ -559,6 +737,15 @@ static int parse_log(struct vhdx_image *s, const uint8_t *hdr)
                          s->base.file->name ? s->base.file->name : "");
     if (rc < 0)
         return open_error(s, rc);
+    /* Opened for writing (check -r): replay it, as qemu does. */
+    if (found && (s->open_flags & INS_O_WRITE))
+        return replay_log(s, &log);
+    /* A safe read-only check reports the log instead of failing. */
+    if (found && (s->open_flags & (INS_O_CHECK | INS_O_WRITE)) == INS_O_CHECK &&
+        !(s->base.ctx->flags & INS_F_UNSAFE_QUIRKS)) {
+        s->log_dirty = 1;
+        return INS_OK;
+    }
     if (found)
         return ins_error(s->base.ctx, INS_EINVAL, "VHDX image file '%s' opened "
                          "read-only, but contains a log that needs to be replayed",
@@ -670,6 +857,8 @@ static int parse_metadata_table(struct vhdx_image *s, struct meta *m)
      * differencing files.  We read them (see the top of the file). */
     if (m->present != META_ALL_PRESENT &&
         !((s->open_flags & INS_O_READ) &&
+          !((s->open_flags & INS_O_CHECK) &&
+            (ctx->flags & INS_F_UNSAFE_QUIRKS)) &&
           m->present == (META_ALL_PRESENT | META_PARENT_LOCATOR)))
         rc = open_error(s, INS_ENOTSUP);
 out:
@@ -1037,7 +1226,9 @@ static int load_bat(struct vhdx_image *s, uint32_t bat_len, uint64_t disk_bytes)
 
             if (s->bat)
                 s->bat[i] = e;
-            if (check_bat_entry(s, i, e, disk_bytes, &payblocks) < 0) {
+            /* qemu leaves these to the check (BDRV_O_CHECK). */
+            if (!((s->open_flags & INS_O_CHECK) && !s->has_parent) &&
+                check_bat_entry(s, i, e, disk_bytes, &payblocks) < 0) {
                 rc = open_error(s, INS_EINVAL);
                 break;
             }
@@ -1084,11 +1275,15 @@ static int vhdx_open(struct ins_ctx *ctx, struct ins_bdev *file,
     if ((rc = parse_headers(s, hdr)) < 0)
         goto fail;
     region_add(s, ins_le64(hdr + 72), ins_le32(hdr + 68));
+    s->log_offset = ins_le64(hdr + 72);
+    s->log_length = ins_le32(hdr + 68);
     if ((rc = parse_log(s, hdr)) < 0 ||
         (rc = parse_region_table(s, &s->bat_offset, &bat_len, &meta_off)) < 0)
         goto fail;
     if ((rc = parse_metadata(s, meta_off, &disk_size)) < 0)
         goto fail;
+    s->meta_offset = meta_off;
+    s->bat_len = bat_len;
 
     /* qemu's BAT size, in its 32-bit arithmetic: one sector-bitmap entry
      * follows every chunk_ratio payload entries. */
@@ -1297,6 +1492,23 @@ static int vhdx_backing(struct ins_image *img, const char **name,
     return INS_OK;
 }
 
+void ins_vhdx_layout(const struct ins_image *img, struct vhdx_layout *l)
+{
+    const struct vhdx_image *s = (const struct vhdx_image *)img;
+
+    l->block_size = s->block_size;
+    l->chunk_ratio = s->chunk_ratio;
+    l->bat_entries = s->bat_entries;
+    l->bat_offset = s->bat_offset;
+    l->bat_len = s->bat_len;
+    l->meta_offset = s->meta_offset;
+    l->log_offset = s->log_offset;
+    l->log_length = s->log_length;
+    l->has_parent = s->has_parent;
+    l->log_dirty = s->log_dirty;
+    l->log_replayed = s->log_replayed;
+}
+
 const struct ins_driver ins_drv_vhdx = {
     .name = "vhdx",
     .probe = vhdx_probe,
@@ -1308,4 +1520,5 @@ const struct ins_driver ins_drv_vhdx = {
     .backing = vhdx_backing,
     .supports_backing = 1,
     .backing_ref_kind = INS_REF_PARENT,
+    .check = ins_vhdx_check,
 };

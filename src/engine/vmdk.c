@@ -25,6 +25,7 @@
  * small however large the tables claim to be.
  */
 #include "vmdk.h"
+#include "fmt_check.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -1180,6 +1181,13 @@ static int get_cluster(struct vmdk_image *s, struct vmdk_extent *e,
     return CL_OK;
 }
 
+/* get_cluster for vmdk_check.c (INS_VMDK_* are the CL_* values). */
+int ins_vmdk_get_cluster(struct ins_image *img, struct vmdk_extent *e,
+                         uint64_t offset, uint64_t *cluster_offset)
+{
+    return get_cluster((struct vmdk_image *)img, e, offset, cluster_offset, NULL);
+}
+
 /* Bytes of one grain (the whole extent, for flat ones). */
 static uint64_t cluster_bytes(const struct vmdk_extent *e)
 {
@@ -1421,4 +1429,5 @@ const struct ins_driver ins_drv_vmdk = {
     .read = vmdk_read,
     .backing = vmdk_backing,
     .supports_backing = 1,
+    .check = ins_vmdk_check,
 };

@@ -24,6 +24,7 @@
  * backing file for a VHD, and neither do we.
  */
 #include "engine.h"
+#include "fmt_check.h"
 
 #include <string.h>
 
@@ -87,6 +88,10 @@ struct vpc_image {
     uint32_t *bat;              /* host-order BAT, or NULL: read on demand */
     uint8_t dyn_header[DYN_HEADER_SIZE];
     char *parent;               /* decoded parent name, once backing() ran */
+    /* A safe check (INS_O_CHECK without INS_F_UNSAFE_QUIRKS): what the
+     * check reports (footer checksum, blocks past the end of the file)
+     * does not fail the open. */
+    int check_tolerant;
 };
 
 static int qemu_pread(struct ins_bdev *f, void *buf, uint64_t len,
@@ -200,7 +205,7 @@ static int load_bat(struct ins_ctx *ctx, struct vpc_image *s)
 
     /* The first free byte after the table, rounded to a sector. */
     free_off = (s->bat_offset + size + 511) & ~(uint64_t)511;
-    if (free_off > file_length(file))
+    if (free_off > file_length(file) && !s->check_tolerant)
         goto truncated;
 
     if (size <= BAT_CACHE_MAX) {
@@ -235,7 +240,7 @@ static int load_bat(struct ins_ctx *ctx, struct vpc_image *s)
     ins_free(ctx, chunk);
     if (rc < 0)
         return rc;
-    if (free_off > file_length(file))
+    if (free_off > file_length(file) && !s->check_tolerant)
         goto truncated;
     return INS_OK;
 truncated:
@@ -296,9 +301,10 @@ static int vpc_open(struct ins_ctx *ctx, struct ins_bdev *file,
     uint64_t total_sectors;
     int fixed = 0, rc;
 
-    (void)flags;
     if (!s)
         return ins_error(ctx, INS_ENOMEM, "Out of memory");
+    s->check_tolerant = (flags & INS_O_CHECK) &&
+                        !(ctx->flags & INS_F_UNSAFE_QUIRKS);
     s->base.drv = &ins_drv_vpc;
     s->base.ctx = ctx;
     s->base.file = file;
@@ -325,7 +331,8 @@ static int vpc_open(struct ins_ctx *ctx, struct ins_bdev *file,
         }
         fixed = 1;
     }
-    if (footer_checksum(s->footer) != ins_be32(s->footer + F_CHECKSUM)) {
+    if (footer_checksum(s->footer) != ins_be32(s->footer + F_CHECKSUM) &&
+        !s->check_tolerant) {
         rc = ins_error(ctx, INS_EINVAL, "Incorrect header checksum");
         goto fail;
     }
@@ -652,4 +659,5 @@ const struct ins_driver ins_drv_vpc = {
      * says ZERO for a dynamic disk's unallocated blocks). */
     .supports_backing = 1,
     .backing_ref_kind = INS_REF_PARENT,
+    .check = ins_vpc_check,
 };

@@ -159,6 +159,9 @@ static int parse_size(const char *s, uint64_t *out)
     unsigned long long v;
     uint64_t mul = 1;
 
+    /* strtoull() takes "-1" (and leading spaces) as a huge number. */
+    if (!isdigit((unsigned char)*s))
+        return -1;
     errno = 0;
     v = strtoull(s, &end, 10);
     if (end == s || errno)
@@ -184,6 +187,8 @@ static int parse_uint(const char *s, uint64_t *out)
     char *end;
     unsigned long long v;
 
+    if (!isdigit((unsigned char)*s))
+        return -1;
     errno = 0;
     v = strtoull(s, &end, 10);
     if (end == s || *end || errno)
@@ -191,6 +196,10 @@ static int parse_uint(const char *s, uint64_t *out)
     *out = v;
     return 0;
 }
+
+/* The worker's wall-clock bound (twice this plus 10 s, in ms) must fit
+ * an int: about 12 days is plenty. */
+#define MAX_CPU_SECONDS 1000000
 
 static int apply_setting(struct options *o, const char *key, const char *val)
 {
@@ -202,8 +211,12 @@ static int apply_setting(struct options *o, const char *key, const char *val)
         return parse_size(val, &o->lim.memory_bytes);
     if (strcmp(key, "output-limit") == 0)
         return parse_size(val, &o->lim.output_bytes);
-    if (strcmp(key, "cpu-limit") == 0)
-        return parse_uint(val, &o->lim.cpu_seconds);
+    if (strcmp(key, "cpu-limit") == 0) {
+        if (parse_uint(val, &n) < 0 || n > MAX_CPU_SECONDS)
+            return -1;
+        o->lim.cpu_seconds = n;
+        return 0;
+    }
     if (strcmp(key, "x-test-kill-after-writes") == 0)
         return parse_uint(val, &o->lim.test_kill_after_writes);
     if (strcmp(key, "max-depth") == 0) {

@@ -242,7 +242,10 @@ static int fd_truncate(void *opaque, uint64_t size)
 
     if (size > INT64_MAX)
         return INS_EFBIG;
-    return ftruncate(f->fd, (off_t)size) < 0 ? INS_EIO : INS_OK;
+    if (ftruncate(f->fd, (off_t)size) < 0)
+        return errno == EFBIG ? INS_EFBIG : errno == EINVAL ? INS_EINVAL
+                                                            : INS_EIO;
+    return INS_OK;
 }
 
 static int fd_punch(void *opaque, uint64_t offset, uint64_t len)
@@ -516,6 +519,30 @@ static void redirect_std(void)
 }
 
 
+/* Whether the worker runs under its address-space limit. */
+static int memory_limited(const struct worker_limits *lim)
+{
+#ifdef UNDER_ASAN
+    (void)lim;
+    return 0;
+#else
+    return lim->memory_bytes && !lim->no_sandbox;
+#endif
+}
+
+/* An allocation failed: most likely the limit, so say which one. */
+static void name_memory_limit(struct ins_ctx *ctx, const struct worker_limits *lim)
+{
+    size_t n = strlen(ctx->errmsg);
+    int mib = lim->memory_bytes >= (1u << 20);
+
+    snprintf(ctx->errmsg + n, sizeof(ctx->errmsg) - n,
+             "%s(the worker's memory limit is %llu %s; --memory-limit)",
+             n ? " " : "",
+             (unsigned long long)(mib ? lim->memory_bytes >> 20 : lim->memory_bytes),
+             mib ? "MiB" : "bytes");
+}
+
 static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
                         worker_job_fn fn, void *job, int sock, int *fds,
                         size_t nfds)
@@ -568,6 +595,8 @@ static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
     tree_builder_init(&tb, &ins_libc_alloc);
 
     rc = fn(&ctx, job, fds, nfds, &tb, &result);
+    if (rc == INS_ENOMEM && memory_limited(lim))
+        name_memory_limit(&ctx, lim);
     if (rc < 0) {
         report_error(sock, rc, ctx.errmsg_plain,
                      ctx.errmsg[0] ? ctx.errmsg : "operation failed");
@@ -658,11 +687,11 @@ static void describe_death(int status, const struct rusage *ru,
     else if (sig == SIGXCPU ||
              (sig == SIGKILL && lim->cpu_seconds && cpu >= lim->cpu_seconds))
         snprintf(msg, len, "the sandboxed worker hit the CPU time limit of "
-                 "%llu s", (unsigned long long)lim->cpu_seconds);
+                 "%llu s (--cpu-limit)", (unsigned long long)lim->cpu_seconds);
     else if ((sig == SIGSEGV || sig == SIGABRT || sig == SIGBUS) &&
              lim->memory_bytes)
         snprintf(msg, len, "the sandboxed worker died with signal %d (it may "
-                 "have exceeded the memory limit of %llu MiB)", sig,
+                 "have exceeded the memory limit of %llu MiB; --memory-limit)", sig,
                  (unsigned long long)(lim->memory_bytes >> 20));
     else if (sig)
         snprintf(msg, len, "the sandboxed worker died with signal %d", sig);
@@ -731,7 +760,9 @@ int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
         if (wait_readable(sv[0], timeout_ms) == 0) {
             kill(pid, SIGKILL);
             snprintf(res->errmsg, sizeof(res->errmsg),
-                     "the sandboxed worker did not answer in time");
+                     "the sandboxed worker did not answer within %d s "
+                     "(twice the CPU limit plus 10 s; --cpu-limit)",
+                     timeout_ms / 1000);
             break;
         }
         if (recv_header(sv[0], hdr, &fd_tmp) < 0)
@@ -740,7 +771,8 @@ int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
             close(fd_tmp);      /* the worker has no business sending fds */
         if (hdr[1] > max_out) {
             snprintf(res->errmsg, sizeof(res->errmsg),
-                     "the worker's answer exceeds the output limit (%llu bytes)",
+                     "the worker's answer exceeds the output limit (%llu bytes; "
+                     "--output-limit)",
                      (unsigned long long)max_out);
             kill(pid, SIGKILL);
             break;

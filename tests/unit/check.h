@@ -1,6 +1,6 @@
 /* check.h - a minimal assertion harness for the C unit tests. */
-#ifndef INSTAR_CHECK_H
-#define INSTAR_CHECK_H
+#ifndef INSTAR_UNIT_CHECK_H
+#define INSTAR_UNIT_CHECK_H
 
 #include <stdio.h>
 #include <string.h>

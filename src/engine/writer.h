@@ -28,6 +28,14 @@ struct ins_wimage {
     uint64_t granularity;
     /* A fresh image reads as zeros everywhere (so convert skips zeros). */
     int zero_init;
+    /* The cluster size qemu reports for the image (bdrv_get_info), the
+     * unit convert -c compresses in, when it is not the granularity
+     * (qcow2 with extended L2 entries writes subclusters); 0 = the
+     * granularity. */
+    uint64_t cluster_size;
+    /* Every write must be compressed (vmdk streamOptimized): convert
+     * then compresses as with -c (qemu's needs_compressed_writes). */
+    int needs_compressed_writes;
 };
 
 /* What create() is asked for.  opts holds the -o options the host
@@ -42,6 +50,13 @@ struct ins_create {
      * extent files: the descriptor names them by their bdev name). */
     struct ins_bdev **extra;
     size_t n_extra;
+    /*
+     * Filled by the caller (the engine makes no system calls): random
+     * bytes for UUIDs, GUIDs and vmdk CIDs (getrandom), and the current
+     * time (clock_gettime CLOCK_REALTIME) for vpc/vhdx timestamps.
+     */
+    uint8_t random[128];
+    uint64_t now_unix;
 };
 
 struct ins_writer {
@@ -60,7 +75,10 @@ struct ins_writer {
     int (*write)(struct ins_wimage *img, const void *buf, size_t len,
                  uint64_t offset);
     /* Optional: explicit zeros over a range (for -n targets and overlays
-     * whose backing file has data there). */
+     * whose backing file has data there).  The range is granularity-
+     * aligned, or lies inside one granule that nothing was written to
+     * yet; returning INS_ENOTSUP makes the caller write zeros instead
+     * (qemu's fallback when a partial granule cannot be zeroed). */
     int (*write_zeroes)(struct ins_wimage *img, uint64_t offset,
                         uint64_t len);
     /*

@@ -27,4 +27,9 @@ int target_extra_files(const char *fmt, const struct tree *opts,
                        size_t *n, char *err, size_t errlen);
 void targets_free(char **names, size_t n);
 
+/* Whether target_extra_files() needs the real size for these options
+ * (vmdk monolithicFlat and twoGbMaxExtent*: one extent per 2 GiB, none
+ * for an empty image); 0 means any size gives the same answer. */
+int target_needs_size(const char *fmt, const struct tree *opts);
+
 #endif

@@ -36,7 +36,6 @@
 #include "../engine/convert.h"
 
 #define MAX_SOURCES 32
-#define DEFAULT_CPU_SECONDS 60      /* options.c's default --cpu-limit */
 #define MAX_EXTRA 1100
 
 static const char convert_help[] =
@@ -1372,8 +1371,8 @@ static int run_convert(struct options *o, struct convert_args *a)
 
     /* A large convert legitimately runs longer than the default CPU
      * limit (60 s, meant for inspecting images): lift the default, keep a
-     * limit the user chose (--cpu-limit, INSTAR_CPU_LIMIT, config). */
-    if (o->lim.cpu_seconds == DEFAULT_CPU_SECONDS)
+     * limit the user chose (--cpu-limit or the config file). */
+    if (!o->cpu_limit_set)
         o->lim.cpu_seconds = 0;
     res = run_job(o, &pol, &tpol, job, fds, nfds, &r, &jerr);
     if (!res) {

@@ -215,6 +215,7 @@ static int apply_setting(struct options *o, const char *key, const char *val)
         if (parse_uint(val, &n) < 0 || n > MAX_CPU_SECONDS)
             return -1;
         o->lim.cpu_seconds = n;
+        o->cpu_limit_set = 1;
         return 0;
     }
     if (strcmp(key, "x-test-kill-after-writes") == 0)

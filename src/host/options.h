@@ -21,6 +21,7 @@ struct options {
     struct profile prof;
     unsigned ctx_flags;         /* INS_F_* */
     struct worker_limits lim;
+    int cpu_limit_set;          /* --cpu-limit or the config file chose it */
     int max_depth;
     char *allow_paths[POLICY_MAX_DIRS];     /* owned */
     size_t n_allow_paths;

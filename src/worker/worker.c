@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -558,6 +559,10 @@ static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
     redirect_std();
     if (keep_only(&sock, fds, nfds) < 0)
         _exit(120);
+    /* One malloc arena for every thread: glibc trims a thread arena's
+     * heap only after reading /proc/sys/vm/overcommit_memory, an open()
+     * the sandbox kills. */
+    mallopt(M_ARENA_MAX, 1);
     if (!lim->no_sandbox) {
         set_limit(RLIMIT_CORE, 0, 0);
 #ifndef UNDER_ASAN

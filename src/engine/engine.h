@@ -30,6 +30,8 @@ enum {
     INS_EREFUSED = -5,  /* the host's path policy refused a reference */
     INS_ENOENT = -6,    /* a referenced file does not exist */
     INS_EFBIG = -7,     /* a size is beyond what the format or we allow */
+    INS_EBUSY = -8,     /* qemu's EBUSY (a check that gives up) */
+    INS_ELAST = INS_EBUSY,  /* the lowest code: the host bounds codes by it */
 };
 
 /* ---- block device ---- */

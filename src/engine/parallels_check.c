@@ -228,10 +228,9 @@ static int check_duplicates(struct prl_check *c)
     ins_free(c->ctx, d.bits);
     /* qemu 10.0 returns what marking the last entry returned: when that
      * was a duplicate, the check fails with EBUSY ("Check failed: Device
-     * or resource busy"; the host says "Input/output error", it has no
-     * code for EBUSY). */
+     * or resource busy"). */
     if (rc == INS_OK && d.last_busy && !c->safe)
-        rc = ins_error(c->ctx, INS_EIO, "Device or resource busy");
+        rc = ins_error(c->ctx, INS_EBUSY, "Device or resource busy");
     return rc;
 }
 

@@ -58,6 +58,7 @@ const char *ins_strerror(int err)
     case INS_EREFUSED: return "Operation not permitted";
     case INS_ENOENT: return "No such file or directory";
     case INS_EFBIG: return "File too large";
+    case INS_EBUSY: return "Device or resource busy";
     default: return "Input/output error";
     }
 }

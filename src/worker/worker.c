@@ -339,7 +339,7 @@ static int worker_open_ref(struct ins_ctx *ctx, enum ins_ref_kind kind,
             close(fd);
         if (hdr[1] >= 4)
             memcpy(&code, reply, 4);
-        if (code >= 0 || code < INS_EFBIG)
+        if (code >= 0 || code < INS_ELAST)
             code = INS_EREFUSED;
         return ins_error(ctx, code, "%s", hdr[1] >= 4 ? (char *)reply + 4 : "refused");
     }
@@ -829,7 +829,7 @@ int worker_run(const struct worker_limits *lim, unsigned ctx_flags,
                 memcpy(&code, payload, 4);
                 res->errmsg_plain = payload[4] == 1;
             }
-            if (code >= 0 || code < INS_EFBIG)
+            if (code >= 0 || code < INS_ELAST)
                 code = INS_EINVAL;
             if (mlen > sizeof(res->errmsg) - 1)
                 mlen = sizeof(res->errmsg) - 1;

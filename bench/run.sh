@@ -13,3 +13,5 @@ if [ ! -x "$here/../instar" ]; then
 fi
 "$py" "$here/bench_info.py" "$@"
 "$py" "$here/bench_read.py"
+"$py" "$here/bench_check.py"
+"$py" "$here/bench_convert.py"

@@ -83,10 +83,12 @@ bench: instar
 # ---- fuzzing (libFuzzer, clang) ----
 #   make fuzz         build-fuzz/fuzz_<fmt> for every format, fuzz_tree, seeds
 #   make fuzz-smoke   each target for FUZZ_TIME seconds from its seeds (2 at a time)
-# A long run: build-fuzz/fuzz_qcow2 build-fuzz/corpus/qcow2 build-fuzz/seeds/qcow2
+# A long run (new finds kept in the first directory):
+#   mkdir -p build-fuzz/corpus/qcow2 && build-fuzz/fuzz_qcow2 -max_total_time=600 \
+#       -max_len=262144 build-fuzz/corpus/qcow2 build-fuzz/seeds/qcow2
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_CC      ?= clang
-FUZZ_TIME    ?= 4
+FUZZ_TIME    ?= 2
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS  := $(CSTD) $(WARN) -O1 -g -D_GNU_SOURCE -DINSTAR_SANITIZE $(FUZZ_SAN) -fsanitize=fuzzer-no-link
 FUZZ_FORMATS := raw qcow2 qcow qed vmdk vpc vhdx vdi luks parallels bochs cloop dmg iso

@@ -336,24 +336,29 @@ int ins_image_read(struct ins_image *img, void *buf, size_t len,
     while (len > 0) {
         struct ins_image *layer = img;
         struct ins_bstat st;
-        size_t n;
+        size_t n = len;
         int ret;
 
-        /* Find the layer that defines this run. */
+        /* Find the layer that defines this run: a lower layer only as far
+         * as the layers above it leave the run unallocated. */
         for (;;) {
             if (offset >= layer->virtual_size) {
-                st.pnum = len;
+                st.pnum = n;
                 ret = INS_BS_ZERO | INS_BS_ALLOCATED;
                 break;
             }
-            ret = ins_node_status(layer, offset, len, &st);
+            ret = ins_node_status(layer, offset, n, &st);
             if (ret < 0)
                 return ret;
+            if (st.pnum < n)
+                n = (size_t)st.pnum;
             if ((ret & INS_BS_ALLOCATED) || !layer->backing)
                 break;
             layer = layer->backing;
         }
-        n = st.pnum < len ? (size_t)st.pnum : len;
+        if (n == 0)
+            return ins_error(img->ctx, INS_EIO, "%s driver returned an empty "
+                             "extent", layer->drv->name);
         if ((ret & INS_BS_ZERO) || !(ret & INS_BS_ALLOCATED)) {
             memset(p, 0, n);
         } else {

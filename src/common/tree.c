@@ -103,8 +103,10 @@ struct tree *tree_new_strn(struct tree_builder *tb, const char *s, size_t len)
     if (!t)
         return NULL;
     t->v.str.s = dup_bytes(tb, s, len);
-    if (!t->v.str.s)
+    if (!t->v.str.s) {
+        tree_free(tb->alloc, t);
         return NULL;
+    }
     /* A C string ends at its first NUL; keep the length consistent. */
     t->v.str.len = strlen(t->v.str.s);
     return t;
@@ -117,8 +119,10 @@ struct tree *tree_new_blob(struct tree_builder *tb, const void *data, size_t len
     if (!t)
         return NULL;
     t->v.str.s = dup_bytes(tb, data, len);
-    if (!t->v.str.s)
+    if (!t->v.str.s) {
+        tree_free(tb->alloc, t);
         return NULL;
+    }
     t->v.str.len = len;
     return t;
 }
@@ -169,11 +173,16 @@ static void link_child(struct tree *parent, struct tree *value)
 struct tree *tree_put(struct tree_builder *tb, struct tree *dict,
                       const char *key, struct tree *value)
 {
-    if (tb->failed || !dict || !value || !key || dict->type != TREE_DICT)
+    /* A value that cannot be attached belongs to nobody: free it. */
+    if (tb->failed || !dict || !value || !key || dict->type != TREE_DICT) {
+        tree_free(tb->alloc, value);
         return NULL;
+    }
     value->key = dup_bytes(tb, key, strlen(key));
-    if (!value->key)
+    if (!value->key) {
+        tree_free(tb->alloc, value);
         return NULL;
+    }
     link_child(dict, value);
     return value;
 }
@@ -181,8 +190,10 @@ struct tree *tree_put(struct tree_builder *tb, struct tree *dict,
 struct tree *tree_append(struct tree_builder *tb, struct tree *list,
                          struct tree *value)
 {
-    if (tb->failed || !list || !value || list->type != TREE_LIST)
+    if (tb->failed || !list || !value || list->type != TREE_LIST) {
+        tree_free(tb->alloc, value);
         return NULL;
+    }
     link_child(list, value);
     return value;
 }

@@ -63,7 +63,7 @@ static void test_round_trip(void)
         tree_free(&ins_libc_alloc, x);
         free(copy);
     }
-    tree_take(back, "name");
+    tree_free(&ins_libc_alloc, tree_take(back, "name"));
     CHECK(tree_get(back, "name") == NULL);
     free(wire);
     tree_free(&ins_libc_alloc, t);

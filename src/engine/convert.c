@@ -39,10 +39,11 @@ struct slot {
     enum slot_state state;
     uint64_t off, len;          /* guest bytes */
     enum blk status;
+    int zeros_as_data;          /* -S 0: a zero run, written as data */
     uint8_t *buf;               /* len bytes of guest data (DATA), page-aligned */
     uint8_t *buf_mem;           /* the allocation buf lies in */
     size_t buf_cap;
-    uint8_t *cbuf;              /* compressed clusters, cluster_size apart */
+    uint8_t *cbuf;              /* compressed clusters, cstride apart */
     size_t cbuf_cap;
     struct piece *pieces;
     size_t npieces, pieces_cap;
@@ -78,7 +79,21 @@ struct pipe {
     struct source *src;
     size_t nsrc;
     uint64_t total_sectors;
+    /* Data runs go from file to file in the kernel (copy_file_range), not
+     * through the readers' buffers: raw to raw with -C or -S 0, where
+     * qemu-img does not look for zeros in data either.  Cleared (by any
+     * thread) once a copy fails: the rest is read and written. */
+    int copy;
+    /* A raw target has no metadata and takes writes anywhere, from any
+     * thread: the readers write their chunks themselves, in parallel and
+     * while the data is still in their core's cache. */
+    int direct;
     uint64_t cluster_sectors;   /* target granularity in sectors */
+    /* Compressing: room for one compressed cluster, and the most it may
+     * take.  Less than a cluster where an incompressible one is written
+     * as it is (qcow2); a whole deflate bound where every one must be
+     * compressed (vmdk streamOptimized), so none is compressed twice. */
+    uint64_t cstride, ccap;
     uint64_t alignment;         /* qemu's s.alignment, sectors */
 
     /* Planner state: qemu's sector_num / sector_next_status / status. */
@@ -463,13 +478,15 @@ static int plan_writes(struct pipe *p, struct ins_ctx *ctx, struct slot *s)
                 rc = add_piece(ctx, s, s->off + off, len, 0, 0);
             } else {
                 uint8_t *in = (uint8_t *)buf + off;
-                uint8_t *out = s->cbuf + (off / cs) * cs;
+                uint8_t *out = s->cbuf + off / cs * p->cstride;
 
                 if (len < cs) {
-                    /* The last cluster, zero-padded (the buffer has room). */
+                    /* The image's last cluster, zero-padded (the buffer
+                     * has room): qcow2 compresses it whole, vmdk only
+                     * the guest bytes (see writer.h). */
                     memset(in + len, 0, cs - len);
                 }
-                if (p->w->wr->compress(p->w, in, (size_t)cs, out, (size_t)cs - 1,
+                if (p->w->wr->compress(p->w, in, len, out, (size_t)p->ccap,
                                        &clen) < 0)
                     clen = 0;
                 rc = add_piece(ctx, s, s->off + off, len, 1, clen);
@@ -515,6 +532,7 @@ static int ensure_buffers(struct pipe *p, struct ins_ctx *ctx, struct slot *s)
             return ins_error(ctx, INS_ENOMEM, "Out of memory");
         s->buf = s->buf_mem + (PAGE - (uintptr_t)s->buf_mem % PAGE) % PAGE;
     }
+    need = (size_t)((s->len / (p->cluster_sectors * SECTOR) + 1) * p->cstride);
     if (p->o->compressed && s->cbuf_cap < need) {
         ins_free(ctx, s->cbuf);
         s->cbuf = ins_malloc(ctx, need);
@@ -523,6 +541,73 @@ static int ensure_buffers(struct pipe *p, struct ins_ctx *ctx, struct slot *s)
             return ins_error(ctx, INS_ENOMEM, "Out of memory");
     }
     return INS_OK;
+}
+
+/*
+ * Copies a data chunk from the raw sources' files straight into the raw
+ * target's file at the same guest offsets.  Returns 0 when done, 1 when
+ * this chunk must be read instead (a source ends inside it and the target
+ * may hold data there), or INS_E* when copying does not work here.
+ */
+static int copy_chunk(struct pipe *p, struct ins_image **imgs,
+                      const struct slot *s)
+{
+    uint64_t guest = s->off, left = s->len;
+
+    while (left > 0) {
+        uint64_t src_off, offset, avail, n;
+        size_t cur = select_source(p, guest / SECTOR, &src_off);
+        struct ins_bdev *f = imgs[cur]->file;
+
+        offset = guest - src_off * SECTOR;
+        avail = imgs[cur]->virtual_size > offset ? imgs[cur]->virtual_size - offset : 0;
+        n = left < avail ? left : avail;
+        if (n == 0) {
+            /* Past this source's end inside its last sector. */
+            if (!p->o->has_zero_init)
+                return 1;
+            n = left < SECTOR ? left : SECTOR;
+        }
+        for (uint64_t done = 0; avail && done < n;) {
+            size_t want = n - done > (1u << 30) ? 1u << 30 : (size_t)(n - done);
+            int64_t got = f->copy(f->opaque, p->w->out, offset + done,
+                                  guest + done, want);
+
+            if (got < 0)
+                return (int)got;
+            if (got == 0)
+                return INS_EIO;     /* the file is shorter than the image */
+            done += (uint64_t)got;
+        }
+        guest += n;
+        left -= n;
+    }
+    return INS_OK;
+}
+
+/* The chunk's pieces into a raw target, on the reader's thread (see
+ * struct pipe's direct); nothing is left for the writer thread. */
+static int write_direct(struct pipe *p, struct slot *s)
+{
+    struct ins_wimage *w = p->w;
+    size_t i;
+    int rc = INS_OK;
+
+    for (i = 0; i < s->npieces && rc == 0; i++) {
+        const struct piece *pc = &s->pieces[i];
+
+        if (pc->data)
+            rc = w->wr->write(w, s->buf + (pc->off - s->off), (size_t)pc->len,
+                              pc->off);
+        else if (!p->o->has_zero_init)
+            rc = w->wr->write_zeroes(w, pc->off, pc->len);
+        if (rc < 0)
+            snprintf(s->errmsg, sizeof(s->errmsg), "error while writing at "
+                     "byte %lld: %s", (long long)pc->off, ins_strerror(rc));
+    }
+    s->errmsg_plain = rc < 0;
+    s->npieces = 0;
+    return rc;
 }
 
 static void process(struct pipe *p, struct ins_ctx *ctx,
@@ -534,6 +619,19 @@ static void process(struct pipe *p, struct ins_ctx *ctx,
     s->warnings_len = 0;
     ctx->errmsg[0] = '\0';
     ctx->errmsg_plain = 0;
+    if (s->status == BLK_DATA && !s->zeros_as_data &&
+        __atomic_load_n(&p->copy, __ATOMIC_RELAXED)) {
+        /* Any failure: read and write this chunk and the rest, as qemu
+         * retries without copy offloading. */
+        rc = copy_chunk(p, imgs, s);
+        if (rc == 0) {
+            s->rc = 0;
+            return;
+        }
+        if (rc < 0)
+            __atomic_store_n(&p->copy, 0, __ATOMIC_RELAXED);
+        rc = INS_OK;
+    }
     if (s->status == BLK_DATA) {
         rc = ensure_buffers(p, ctx, s);
         if (rc == 0) {
@@ -550,6 +648,8 @@ static void process(struct pipe *p, struct ins_ctx *ctx,
     } else if (s->status == BLK_ZERO) {
         rc = add_piece(ctx, s, s->off, s->len, 0, 0);
     }
+    if (rc == 0 && p->direct)
+        rc = write_direct(p, s);
     if (rc < 0 && !s->errmsg[0]) {
         snprintf(s->errmsg, sizeof(s->errmsg), "%s",
                  ctx->errmsg[0] ? ctx->errmsg : ins_strerror(rc));
@@ -779,7 +879,8 @@ static int write_slot(struct pipe *p, struct slot *s)
                 continue;
             rc = put_zeroes(p, pc->off, pc->len);
         } else if (o->compressed && pc->clen) {
-            rc = w->wr->write_compressed(w, s->cbuf + (pc->off - s->off),
+            rc = w->wr->write_compressed(w, s->cbuf + (pc->off - s->off) /
+                                         (p->cluster_sectors * SECTOR) * p->cstride,
                                          pc->clen, pc->off);
         } else {
             rc = put_data(p, data, pc->off, pc->len);
@@ -975,12 +1076,14 @@ static int plan_one(struct pipe *p, struct slot *s)
         return (int)n;
     s->off = p->plan_sector * SECTOR;
     s->status = p->status;
+    s->zeros_as_data = 0;
     s->len = (uint64_t)n * SECTOR;
     if (!p->o->min_sparse && s->status == BLK_ZERO) {
         if (n > BUF_SECTORS)
             n = BUF_SECTORS;
         s->len = (uint64_t)n * SECTOR;
         s->status = BLK_DATA;   /* -S 0: zeros are written as data */
+        s->zeros_as_data = 1;
     }
     p->plan_sector += (uint64_t)n;
     if (s->status == BLK_DATA || (!p->o->min_sparse && p->status == BLK_ZERO)) {
@@ -1078,6 +1181,25 @@ static int run(struct pipe *p)
     return stage_flush(p);
 }
 
+/* Raw files into a raw file, where the zeros inside data runs need not
+ * be found (-C, -S 0): the kernel can copy (see struct pipe's copy). */
+static int copy_possible(const struct ins_convert_src *src, size_t nsrc,
+                         const struct ins_wimage *w,
+                         const struct ins_convert_opts *o)
+{
+    if (!(o->copy_range || !o->min_sparse) || o->compressed ||
+        o->target_has_backing || w->wr != &ins_wr_raw || !ins_writable(w->out))
+        return 0;
+    for (size_t i = 0; i < nsrc; i++) {
+        const struct ins_image *img = src[i].img;
+
+        if (img->drv != &ins_drv_raw || img->backing || !img->file ||
+            !img->file->copy)
+            return 0;
+    }
+    return 1;
+}
+
 int ins_op_convert(struct ins_ctx *ctx, const struct ins_convert_src *src,
                    size_t nsrc, struct ins_wimage *w,
                    const struct ins_convert_opts *opts)
@@ -1118,6 +1240,15 @@ int ins_op_convert(struct ins_ctx *ctx, const struct ins_convert_src *src,
     if (opts->compressed && p.cluster_sectors > BUF_SECTORS * 8) {
         ins_free(ctx, p.src);
         return ins_error_plain(ctx, INS_EINVAL, "invalid cluster size");
+    }
+    p.copy = copy_possible(src, nsrc, w, opts);
+    p.direct = w->wr == &ins_wr_raw && !opts->compressed &&
+               !opts->target_has_backing;
+    p.cstride = p.cluster_sectors * SECTOR;
+    p.ccap = p.cstride - 1;
+    if (w->needs_compressed_writes) {
+        p.cstride += p.cstride / 8 + 1024;      /* > zlib's compressBound() */
+        p.ccap = p.cstride;
     }
     /* qemu's s.alignment = MAX(pow2floor(min_sparse), 1). */
     p.alignment = 1;

@@ -19,6 +19,7 @@ struct ins_convert_src {
 
 struct ins_convert_opts {
     int compressed;             /* -c: write compressed clusters */
+    int copy_range;             /* -C: copy offloading (raw to raw) */
     uint64_t min_sparse;        /* -S in 512-byte sectors; 0 = fully allocate */
     int has_zero_init;          /* the target reads as zeros (new, or --target-is-zero) */
     int target_has_backing;     /* -B: leave what the source's top does not

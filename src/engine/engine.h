@@ -53,6 +53,15 @@ struct ins_bdev {
      * NULL when the file cannot tell (treat everything as data).
      */
     int (*seek)(void *opaque, uint64_t offset, int hole, uint64_t *out);
+    /*
+     * Optional: copies up to len bytes at offset to dst at dst_offset in
+     * the kernel (copy_file_range), without passing through memory.
+     * Returns the bytes copied (0 at end of file), or INS_ENOTSUP when
+     * these two devices cannot (dst of another kind, another file
+     * system), or another INS_E*.  Does not update dst's size.
+     */
+    int64_t (*copy)(void *opaque, struct ins_bdev *dst, uint64_t offset,
+                    uint64_t dst_offset, size_t len);
     /* The last data region seek() found, [bsc_start, bsc_end) (empty when
      * equal): qemu's block-status cache, kept by ins_file_status. */
     uint64_t bsc_start, bsc_end;

@@ -645,10 +645,15 @@ static int q2w_create(struct ins_ctx *ctx, struct ins_bdev *out,
     struct q2w *q;
     uint64_t cs = opt_uint(o, "cluster_size", 65536), l1_bytes, off;
     uint64_t refcount_bits = opt_uint(o, "refcount_bits", 16);
+    uint64_t size;
     unsigned bits = 0;
     uint8_t *tables;
     int rc;
 
+    /* qcow2_co_create_opts() rounds the size up to a sector. */
+    if (cr->size > UINT64_MAX - 511)
+        return ins_error(ctx, INS_EFBIG, "Image size too large");
+    size = (cr->size + 511) & ~511ull;
     while (bits < 64 && (1ull << bits) < cs)
         bits++;
     if (bits < QCOW2_MIN_CLUSTER_BITS || bits > QCOW2_MAX_CLUSTER_BITS ||
@@ -661,7 +666,7 @@ static int q2w_create(struct ins_ctx *ctx, struct ins_bdev *out,
     q->w.wr = &ins_wr_qcow2;
     q->w.ctx = ctx;
     q->w.out = out;
-    q->w.virtual_size = cr->size;
+    q->w.virtual_size = size;
     q->w.zero_init = 1;
     q->cs = cs;
     q->cluster_bits = bits;
@@ -692,7 +697,7 @@ static int q2w_create(struct ins_ctx *ctx, struct ins_bdev *out,
     q->cur_l2 = -1;
 
     /* size_to_l1() and qemu's L1 limit. */
-    q->l1_size = (cr->size + (q->l2_entries << bits) - 1) / (q->l2_entries << bits);
+    q->l1_size = (size + (q->l2_entries << bits) - 1) / (q->l2_entries << bits);
     if (q->l1_size > QCOW2_MAX_L1_SIZE / 8) {
         q2w_free(q);
         return ins_error(ctx, INS_EFBIG, "Could not resize image: The image "
@@ -1174,6 +1179,10 @@ static int q2w_compress(const struct ins_wimage *img, const void *in,
 {
     const struct q2w *q = (const struct q2w *)img;
 
+    /* qemu compresses a short last cluster zero-padded to a whole one;
+     * the caller's buffer holds the padding (writer.h). */
+    if (len < q->cs)
+        len = (size_t)q->cs;
     if (q->ztype) {
         ZSTD_outBuffer ob = { out, out_cap, 0 };
         ZSTD_inBuffer ib = { in, len, 0 };

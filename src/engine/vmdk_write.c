@@ -25,10 +25,10 @@
  * first guest write, padding it to whole sectors: we write it once in its
  * final form.  With a backing file, its CID becomes parentCID.
  *
- * Limitation: a new grain is written whole with zeros around the data.
- * qemu copies the backing file's data there instead (COW); the convert
- * pipeline hands over whole grains, so this only matters if it ever
- * leaves part of a grain to the backing file.
+ * A new grain is written whole with zeros around the data.  qemu copies
+ * the backing file's data there instead (COW); the convert pipeline does
+ * the same before it hands over a grain, so writes of part of a grain
+ * (zeros, see vmdk_write_zeroes) are left to it.
  */
 #include <stdio.h>
 #include <zlib.h>
@@ -377,6 +377,23 @@ static int parent_cid(struct ins_ctx *ctx, struct ins_bdev *out,
     return INS_OK;
 }
 
+/*
+ * A flat extent: the file at its size.  qemu's file driver, growing an
+ * empty file, writes zeros over its first block (4 KiB, or a sector of a
+ * smaller file) so that later alignment probing finds it allocated; the
+ * file's layout shows it, so we do the same.
+ */
+static int flat_init(struct vmdk_wext *e)
+{
+    static const uint8_t zeros[4096];
+    int rc = ins_truncate(e->bd, e->bytes);
+
+    if (rc == 0 && e->bytes > 0)
+        rc = ins_write(e->bd, zeros, e->bytes < sizeof(zeros) ? 512
+                                                              : sizeof(zeros), 0);
+    return rc;
+}
+
 static int vmdk_create(struct ins_ctx *ctx, struct ins_bdev *out,
                        const struct ins_create *cr, struct ins_wimage **img)
 {
@@ -429,6 +446,9 @@ static int vmdk_create(struct ins_ctx *ctx, struct ins_bdev *out,
     v->w.zero_init = 1;
     v->sub = (enum vmdk_sub)sub;
     v->compress = sub == SUB_STREAM;
+    /* Every grain of a streamOptimized image is compressed: convert then
+     * compresses on its reader threads (qemu's needs_compressed_writes). */
+    v->w.needs_compressed_writes = v->compress;
     v->zeroed_grain = zeroed;
     v->n_ext = (size_t)n_ext;
     v->ext = ins_calloc(ctx, v->n_ext ? v->n_ext : 1, sizeof(*v->ext));
@@ -447,7 +467,7 @@ static int vmdk_create(struct ins_ctx *ctx, struct ins_bdev *out,
         e->bd = (split || flat) ? cr->extra[i] : out;
         e->gt_index = -1;
         if (flat)
-            rc = ins_truncate(e->bd, e->bytes);
+            rc = flat_init(e);
         else
             rc = init_sparse(v, e);
         if (rc) {
@@ -769,7 +789,9 @@ static int vmdk_write(struct ins_wimage *w, const void *buf, size_t len,
  * Explicit zeros (over a backing file's data, or convert -n).  With
  * zeroed_grain, whole grains of a sparse extent become zero grains (GTE
  * 1, no data), as qemu's vmdk_co_pwrite_zeroes() does; elsewhere qemu
- * falls back to writing zeros, and so do we.
+ * falls back to writing zeros, and so do we.  Part of a grain is the
+ * caller's to fill (INS_ENOTSUP): over a backing file the rest of the
+ * grain is the backing file's data, as qemu's copy-on-write makes it.
  */
 static int vmdk_write_zeroes(struct ins_wimage *w, uint64_t offset,
                              uint64_t len)
@@ -793,6 +815,10 @@ static int vmdk_write_zeroes(struct ins_wimage *w, uint64_t offset,
         n = VMDK_GRAIN - eoff % VMDK_GRAIN;
         if (n > len)
             n = len;
+        if (n < VMDK_GRAIN && offset + n < w->virtual_size) {
+            rc = INS_ENOTSUP;
+            break;
+        }
         if (!e->flat && v->zeroed_grain && !v->compress && n == VMDK_GRAIN) {
             uint64_t g = eoff / VMDK_GRAIN;
 

@@ -85,7 +85,9 @@ struct ins_writer {
      * Optional (convert -c): compress one granule of guest data into out
      * (out_cap bytes); thread-safe and pure, so the pipeline runs it on
      * several threads.  Sets *out_len, or returns INS_ENOTSUP/"too big"
-     * (INS_EFBIG) when the data should be written uncompressed.
+     * (INS_EFBIG) when the data should be written uncompressed.  len is
+     * the granule's guest bytes: less than a granule only for the image's
+     * last, short one, whose buffer is zero-padded to the whole granule.
      */
     int (*compress)(const struct ins_wimage *img, const void *in, size_t len,
                     void *out, size_t out_cap, size_t *out_len);

@@ -100,6 +100,7 @@ struct convert_job {
     size_t nsrc;
     const char *out_filename, *out_fmt;
     int skip_create;
+    int size_only;              /* stop once the sources have opened: their size */
     int target_failed;          /* stop once the sources have opened */
     const struct tree *create_opts;
     const char *backing, *backing_fmt;
@@ -120,6 +121,28 @@ static int fail_plain(struct ins_ctx *ctx, int rc, const char *prefix)
     return ins_error_plain(ctx, rc, "%s%s", prefix, msg);
 }
 
+/*
+ * Tells the host that the files asked for from now on belong to a new
+ * chain: the next source's ("chain") or the target's ("target-backing"),
+ * checked against the policy on their own.  Chains may share files (two
+ * sources over one base, -B naming the source's own backing file); only
+ * a file repeated within one chain is a loop.
+ */
+static int new_chain(struct ins_ctx *ctx, const char *key)
+{
+    struct tree_builder tb;
+    struct tree *mark;
+    int rc = INS_ENOMEM;
+
+    tree_builder_init(&tb, ctx->alloc);
+    mark = tree_new_dict(&tb);
+    tree_put_bool(&tb, mark, key, 1);
+    if (!tb.failed && ctx->emit)
+        rc = ctx->emit(ctx, mark);
+    tree_free(ctx->alloc, mark);
+    return rc < 0 ? ins_error(ctx, INS_ENOMEM, "Out of memory") : INS_OK;
+}
+
 /* The target's backing file, opened as qemu opens it with the target:
  * for its length (qemu-img's target_backing_sectors) and for the parts of
  * partly written clusters.  NULL when it cannot be opened. */
@@ -129,20 +152,8 @@ static struct ins_image *open_target_backing(struct ins_ctx *ctx,
     struct ins_bdev *bd;
     const struct ins_driver *drv;
     struct ins_image *img;
-    struct tree_builder tb;
-    struct tree *mark;
-    int rc = INS_ENOMEM;
 
-    /* Tell the host: the files asked for from now on are the target's
-     * chain, checked against the policy on their own (they may be the
-     * sources' backing files, which would look like a loop). */
-    tree_builder_init(&tb, ctx->alloc);
-    mark = tree_new_dict(&tb);
-    tree_put_bool(&tb, mark, "target-backing", 1);
-    if (!tb.failed && ctx->emit)
-        rc = ctx->emit(ctx, mark);
-    tree_free(ctx->alloc, mark);
-    if (rc < 0)
+    if (new_chain(ctx, "target-backing") < 0)
         return NULL;
     if (ctx->open_ref(ctx, INS_REF_BACKING, job->out_filename, job->backing, &bd) < 0)
         return NULL;
@@ -167,12 +178,15 @@ static int convert_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
     size_t i;
     int rc;
 
-    if (nfds < job->nsrc + (job->target_failed ? 0 : 1 + job->n_extra))
+    if (nfds < job->nsrc + (job->target_failed || job->size_only ? 0
+                                                                 : 1 + job->n_extra))
         return ins_error(ctx, INS_EINVAL, "no image");
     /* One malloc arena: glibc shrinks a thread arena's heap only after
      * reading /proc/sys/vm/overcommit_memory, which the sandbox forbids. */
     mallopt(M_ARENA_MAX, 1);
     for (i = 0; i < job->nsrc; i++) {
+        if (i > 0 && (rc = new_chain(ctx, "chain")) < 0)
+            return rc;
         rc = job_open_image(ctx, &job->src[i], fds[i], &img[i]);
         if (rc < 0) {
             char msg[sizeof(ctx->errmsg)];
@@ -202,6 +216,13 @@ static int convert_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
         } else {
             copts.sn_id_or_name = job->snapshot;
         }
+    }
+    if (job->size_only) {
+        /* The first of two jobs: the host creates the files a target of
+         * this size needs (vmdk extents), then runs the convert. */
+        *out = tree_new_dict(tb);
+        tree_put_uint(tb, *out, "size", total);
+        return tb->failed ? ins_error(ctx, INS_ENOMEM, "Out of memory") : INS_OK;
     }
     if (job->target_failed) {
         *out = tree_new_dict(tb);
@@ -246,6 +267,9 @@ static int convert_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
                 return ins_error_plain(ctx, rc, "Could not open '%s'",
                                        job->extra_names[i]);
         }
+        /* vmdk's create reads the backing file's CID. */
+        if (job->backing && (rc = new_chain(ctx, "target-backing")) < 0)
+            return rc;
         memset(&cr, 0, sizeof(cr));
         cr.size = total;
         cr.opts = job->create_opts;
@@ -309,6 +333,7 @@ static int convert_job_run(struct ins_ctx *ctx, void *opaque, const int *fds,
 struct convert_render {
     const struct options *o;
     int target_chain;           /* the worker opens the target's backing chain */
+    unsigned chain;             /* chains begun so far (new_chain()) */
     int progress;               /* qemu's meter on stdout */
     int progress_fd;            /* JSON lines, or -1 */
     int quiet;
@@ -365,6 +390,11 @@ static int convert_partial(void *opaque, const struct tree *part)
     }
     if (tree_get(part, "target-backing")) {
         r->target_chain = 1;
+        r->chain++;
+        return 0;
+    }
+    if (tree_get(part, "chain")) {
+        r->chain++;
         return 0;
     }
     t = tree_get(part, "warning");
@@ -379,19 +409,26 @@ static int convert_partial(void *opaque, const struct tree *part)
 }
 
 /* References: the sources' chains under one policy, the target's backing
- * chain under a second one (its own loop detection and depth). */
+ * chain under a second one (other allowed directories).  Each chain has
+ * its own loop detection and depth. */
 struct convert_refs {
     struct ref_state src, tgt;
     struct convert_render *r;
+    unsigned chain;             /* the chain the states below belong to */
 };
 
 static int convert_ref_open(void *opaque, const struct worker_ref_request *req,
                             int *err, char *errbuf, size_t errlen)
 {
     struct convert_refs *cr = opaque;
+    struct ref_state *rs = cr->r->target_chain ? &cr->tgt : &cr->src;
 
-    return host_ref_open(cr->r->target_chain ? &cr->tgt : &cr->src, req, err,
-                         errbuf, errlen);
+    if (cr->chain != cr->r->chain) {
+        cr->chain = cr->r->chain;
+        policy_new_chain(rs->policy);
+        rs->links = 0;
+    }
+    return host_ref_open(rs, req, err, errbuf, errlen);
 }
 
 /* host_run_job() with the two policies. */
@@ -400,10 +437,14 @@ static struct tree *run_job(struct options *o, struct policy *pol,
                             size_t nfds, struct convert_render *r,
                             struct job_error *err)
 {
-    struct convert_refs cr = { { o, pol, 0 }, { o, tpol, 0 }, r };
+    struct convert_refs cr = { { o, pol, 0 }, { o, tpol, 0 }, r, r->chain };
     struct worker_hooks hooks = { convert_ref_open, &cr, convert_partial, r };
     struct worker_result res;
 
+    /* A new job opens every chain anew. */
+    policy_new_chain(pol);
+    policy_new_chain(tpol);
+    r->target_chain = 0;
     memset(err, 0, sizeof(*err));
     if (worker_run(&o->lim, o->ctx_flags, convert_job_run, job, fds, nfds,
                    &hooks, &res) < 0) {
@@ -1233,6 +1274,43 @@ static void guard_signals(struct created *m, struct created *e, size_t n)
         signal(sigs[i], m ? on_signal : SIG_DFL);
 }
 
+/*
+ * The first of two jobs when the files to create depend on the size (vmdk
+ * extents): opens the sources as the convert will and returns the
+ * target's size, or reports the sources' error as the convert would and
+ * returns -1.
+ */
+static int convert_size(struct options *o, const struct convert_args *a,
+                        struct convert_job *job, struct policy *pol,
+                        struct policy *tpol, struct convert_render *r,
+                        const int *fds, size_t nfds, uint64_t *size)
+{
+    struct job_error jerr;
+    struct tree *res;
+    int64_t v;
+    int ok = 0;
+
+    job->size_only = 1;
+    res = run_job(o, pol, tpol, job, fds, nfds, r, &jerr);
+    job->size_only = 0;
+    if (!res) {
+        fflush(stdout);
+        if (r->progress)
+            putchar('\n');
+        fflush(stdout);
+        report_job_error(o, a, &jerr);
+        return -1;
+    }
+    v = tree_get_int(res, "size", &ok);
+    tree_free(&ins_libc_alloc, res);
+    if (!ok || v < 0) {
+        die_msg(o, "Could not get the size of the sources");
+        return -1;
+    }
+    *size = (uint64_t)v;
+    return 0;
+}
+
 static int run_convert(struct options *o, struct convert_args *a)
 {
     struct convert_job *job = calloc(1, sizeof(*job));
@@ -1290,55 +1368,6 @@ static int run_convert(struct options *o, struct convert_args *a)
     for (i = 0; i < o->n_allow_paths; i++)
         policy_allow_dir(&tpol, o->allow_paths[i]);
 
-    /* Create (or, with -n, open) the target. */
-    if (!t.err[0] && a->skip_create) {
-        main_c.fd = open(a->out_filename, O_RDWR | O_CLOEXEC | O_NOCTTY);
-        main_c.in_place = 1;
-        if (main_c.fd < 0)
-            set_err(&t, "Could not open '%s': Could not open '%s': %s",
-                    a->out_filename, a->out_filename, strerror(errno));
-    } else if (!t.err[0]) {
-        char err[1024];
-
-        if (create_target(a->out_filename, &main_c) < 0) {
-            set_err(&t, "%s: error while converting %s: Could not create '%s': %s",
-                    a->out_filename, a->out_fmt, a->out_filename, strerror(errno));
-        } else if (target_extra_files(a->out_fmt, t.opts, a->out_filename, 0,
-                                      &extra_names, &n_extra, err, sizeof(err)) < 0) {
-            set_err(&t, "%s: error while converting %s: %s", a->out_filename,
-                    a->out_fmt, err);
-        } else if (n_extra > MAX_EXTRA) {
-            set_err(&t, "%s: error while converting %s: too many extent files",
-                    a->out_filename, a->out_fmt);
-        } else {
-            extra_c = calloc(n_extra ? n_extra : 1, sizeof(*extra_c));
-            for (i = 0; extra_c && i < n_extra; i++) {
-                char *path = policy_combine(a->out_filename, extra_names[i]);
-
-                extra_c[i].fd = -1;
-                if (!path || create_target(path, &extra_c[i]) < 0) {
-                    set_err(&t, "%s: error while converting %s: Could not create "
-                            "'%s': %s", a->out_filename, a->out_fmt,
-                            path ? path : extra_names[i], strerror(errno));
-                    free(path);
-                    break;
-                }
-                free(path);
-                job->extra_names[i] = extra_names[i];
-            }
-            if (!extra_c)
-                set_err(&t, "Out of memory");
-            job->n_extra = n_extra;
-        }
-    }
-    guard_signals(&main_c, extra_c, extra_c ? n_extra : 0);
-    job->target_failed = t.err[0] != 0;
-    if (!job->target_failed) {
-        fds[nfds++] = main_c.fd;
-        for (i = 0; i < n_extra; i++)
-            fds[nfds++] = extra_c[i].fd;
-    }
-
     job->out_filename = a->out_filename;
     job->out_fmt = a->out_fmt;
     job->skip_create = a->skip_create;
@@ -1351,6 +1380,7 @@ static int run_convert(struct options *o, struct convert_args *a)
     job->snapshot = a->snapshot;
     job->flush = a->cache && strcmp(a->cache, "unsafe") != 0;
     job->copts.compressed = a->compressed;
+    job->copts.copy_range = a->copy_range;
     job->copts.min_sparse = a->explicit_min_sparse ? a->min_sparse : 8;
     job->copts.has_zero_init = a->target_is_zero;
     job->copts.target_has_backing = t.backing != NULL;
@@ -1374,6 +1404,61 @@ static int run_convert(struct options *o, struct convert_args *a)
      * limit the user chose (--cpu-limit or the config file). */
     if (!o->cpu_limit_set)
         o->lim.cpu_seconds = 0;
+    /* Create (or, with -n, open) the target. */
+    if (!t.err[0] && a->skip_create) {
+        main_c.fd = open(a->out_filename, O_RDWR | O_CLOEXEC | O_NOCTTY);
+        main_c.in_place = 1;
+        if (main_c.fd < 0)
+            set_err(&t, "Could not open '%s': Could not open '%s': %s",
+                    a->out_filename, a->out_filename, strerror(errno));
+    } else if (!t.err[0]) {
+        char err[1024];
+        uint64_t size = 0;
+
+        /* vmdk's flat and split extents: as many files as the size asks. */
+        if (target_needs_size(a->out_fmt, t.opts) &&
+            convert_size(o, a, job, &pol, &tpol, &r, fds, nfds, &size) < 0)
+            goto out_job;
+        if (create_target(a->out_filename, &main_c) < 0) {
+            set_err(&t, "%s: error while converting %s: Could not create '%s': %s",
+                    a->out_filename, a->out_fmt, a->out_filename, strerror(errno));
+        } else if (target_extra_files(a->out_fmt, t.opts, a->out_filename, size,
+                                      &extra_names, &n_extra, err, sizeof(err)) < 0) {
+            set_err(&t, "%s: error while converting %s: %s", a->out_filename,
+                    a->out_fmt, err);
+        } else if (n_extra > MAX_EXTRA) {
+            set_err(&t, "%s: error while converting %s: too many extent files",
+                    a->out_filename, a->out_fmt);
+        } else {
+            extra_c = calloc(n_extra ? n_extra : 1, sizeof(*extra_c));
+            for (i = 0; extra_c && i < n_extra; i++)
+                extra_c[i].fd = -1;
+            for (i = 0; extra_c && i < n_extra; i++) {
+                char *path = policy_combine(a->out_filename, extra_names[i]);
+
+                if (!path || create_target(path, &extra_c[i]) < 0) {
+                    set_err(&t, "%s: error while converting %s: Could not create "
+                            "'%s': %s", a->out_filename, a->out_fmt,
+                            path ? path : extra_names[i], strerror(errno));
+                    free(path);
+                    break;
+                }
+                free(path);
+                job->extra_names[i] = extra_names[i];
+            }
+            if (!extra_c)
+                set_err(&t, "Out of memory");
+            job->n_extra = n_extra;
+        }
+    }
+    guard_signals(&main_c, extra_c, extra_c ? n_extra : 0);
+    job->target_failed = t.err[0] != 0;
+    if (!job->target_failed) {
+        fds[nfds++] = main_c.fd;
+        for (i = 0; i < n_extra; i++)
+            fds[nfds++] = extra_c[i].fd;
+    }
+
     res = run_job(o, &pol, &tpol, job, fds, nfds, &r, &jerr);
     if (!res) {
         fflush(stdout);
@@ -1391,12 +1476,8 @@ static int run_convert(struct options *o, struct convert_args *a)
         goto out_job;
     }
     tree_free(&ins_libc_alloc, res);
-    if (commit_target(&main_c, job->flush) < 0) {
-        die_msg(o, "%s: error while converting %s: Could not rename the "
-                "temporary file into place: %s", a->out_filename, a->out_fmt,
-                strerror(errno));
-        goto out_job;
-    }
+    /* The extents first: OUT appears last, complete.  Each has its final
+     * name, the one the descriptor gives, once renamed. */
     for (i = 0; i < n_extra; i++)
         if (commit_target(&extra_c[i], job->flush) < 0) {
             die_msg(o, "%s: error while converting %s: Could not rename the "
@@ -1404,6 +1485,12 @@ static int run_convert(struct options *o, struct convert_args *a)
                     a->out_fmt, strerror(errno));
             goto out_job;
         }
+    if (commit_target(&main_c, job->flush) < 0) {
+        die_msg(o, "%s: error while converting %s: Could not rename the "
+                "temporary file into place: %s", a->out_filename, a->out_fmt,
+                strerror(errno));
+        goto out_job;
+    }
     if (r.progress || r.progress_fd >= 0)
         print_progress(&r, 100);
     if (r.progress)

@@ -370,6 +370,8 @@ int cmd_dd(struct options *o, int argc, char **argv)
         goto fail;
     if (beyond)
         die_msg(o, "%s: cannot skip to specified offset", a.in);
+    /* The second job opens the input's chain anew: not a loop. */
+    policy_new_chain(&pol);
     t = host_run_job(o, &pol, dd_job_run, &job, fds, 2, NULL, NULL, &jerr);
     if (!t) {
         if (!jerr.plain)

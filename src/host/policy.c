@@ -74,6 +74,11 @@ int policy_note_open(struct policy *p, int fd)
     return 0;
 }
 
+void policy_new_chain(struct policy *p)
+{
+    p->n_seen = 0;
+}
+
 void policy_forget(struct policy *p)
 {
     size_t i;

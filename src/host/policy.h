@@ -35,6 +35,9 @@ int policy_allow_dir(struct policy *p, const char *dir);
 int policy_allow_image_dir(struct policy *p, const char *image);
 /* Records an open file for loop detection; -1 if it was seen already. */
 int policy_note_open(struct policy *p, int fd);
+/* Starts loop detection afresh: the files opened next form another chain
+ * (another source, or a new image's backing chain). */
+void policy_new_chain(struct policy *p);
 void policy_forget(struct policy *p);
 
 /*

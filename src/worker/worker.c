@@ -261,6 +261,29 @@ static int fd_punch(void *opaque, uint64_t offset, uint64_t len)
     return INS_OK;
 }
 
+/* copy_file_range() between two descriptors of the worker (convert -C). */
+static int64_t fd_copy(void *opaque, struct ins_bdev *dst, uint64_t offset,
+                       uint64_t dst_offset, size_t len)
+{
+    struct fd_bdev *f = opaque;
+    loff_t in = (loff_t)offset, out = (loff_t)dst_offset;
+    ssize_t n;
+
+    if (dst->pwrite != fd_pwrite || offset > INT64_MAX || dst_offset > INT64_MAX)
+        return INS_ENOTSUP;
+    maybe_die_before_write();
+    do {
+        n = copy_file_range(f->fd, &in, ((struct fd_bdev *)dst->opaque)->fd,
+                            &out, len, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n >= 0)
+        return n;
+    if (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS ||
+        errno == EINVAL || errno == EBADF || errno == EPERM)
+        return INS_ENOTSUP;
+    return errno == EFBIG || errno == ENOSPC ? INS_EFBIG : INS_EIO;
+}
+
 int worker_bdev_init(struct ins_bdev *bd, int fd, const char *name)
 {
     struct fd_bdev *f = malloc(sizeof(*f));
@@ -287,6 +310,7 @@ int worker_bdev_init(struct ins_bdev *bd, int fd, const char *name)
     bd->allocated = (uint64_t)st.st_blocks * 512;
     bd->name = name;
     bd->seek = S_ISREG(st.st_mode) ? fd_seek : NULL;
+    bd->copy = S_ISREG(st.st_mode) ? fd_copy : NULL;
     /* Writable only if the host opened it so. */
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0 && (fl & O_ACCMODE) == O_RDWR) {

@@ -47,11 +47,6 @@ CASES = [
     ("vdi", "static=on"),
 ]
 
-# Extent files need the target's size on the host before the worker runs;
-# cmd_convert does not pass it yet (it asks target_extra_files for size 0).
-NEEDS_SIZE = ("subformat=monolithicFlat", "subformat=twoGbMaxExtentSparse",
-              "subformat=twoGbMaxExtentFlat")
-
 
 def data_map(path):
     """The file's length and data extents (SEEK_DATA/SEEK_HOLE)."""
@@ -69,6 +64,16 @@ def data_map(path):
         return end, out
     finally:
         os.close(fd)
+
+
+def _data_bytes(path):
+    """The bytes of a sparse file's data extents (files of GiBs stay cheap)."""
+    out = []
+    with open(path, "rb") as f:
+        for a, b in data_map(path)[1]:
+            f.seek(a)
+            out.append(f.read(b - a))
+    return out
 
 
 def _outside(extents, lo, hi):
@@ -181,13 +186,14 @@ def _byte_masks(fmt, opts, path):
 
 @pytest.mark.parametrize("src_fmt", ["raw", "qcow2"])
 @pytest.mark.parametrize("fmt,opts", CASES, ids=lambda c: c or "default")
-def test_convert_to(oracle, tmp_path, sources, fmt, opts, src_fmt, request):
-    if opts in NEEDS_SIZE:
-        request.applymarker(pytest.mark.xfail(
-            reason="cmd_convert passes size 0 to target_extra_files", strict=False))
+def test_convert_to(oracle, tmp_path, sources, fmt, opts, src_fmt):
     src = sources / f"src.{src_fmt}"
     qd, idir, rc = _convert(oracle, tmp_path, src, fmt, opts)
     assert rc == 0
+    _assert_same_output(qd, idir, src, src_fmt, fmt, opts)
+
+
+def _assert_same_output(qd, idir, src, src_fmt, fmt, opts):
     # The same files, with data in the same places.
     assert sorted(p.name for p in qd.iterdir()) == sorted(p.name for p in idir.iterdir())
     for p in qd.iterdir():
@@ -212,11 +218,68 @@ def test_convert_to(oracle, tmp_path, sources, fmt, opts, src_fmt, request):
         assert _vmdk_desc(qd, fmt, sparse) == _vmdk_desc(idir, fmt, sparse)
         for p in qd.iterdir():
             if p.name != f"out.{fmt}":
-                assert p.read_bytes() == (idir / p.name).read_bytes(), p.name
+                assert _data_bytes(p) == _data_bytes(idir / p.name), p.name
         if not sparse:
             return          # a descriptor file: compared above
     assert _masked_diff(qf.read_bytes(), inf.read_bytes(),
                         _byte_masks(fmt, opts, qf)) == []
+
+
+@pytest.mark.parametrize("sub", ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
+                                 "monolithicFlat"])
+def test_convert_many_extents(oracle, tmp_path, sub):
+    """A 4 GiB + 5 MiB + 3 KiB source: three 2 GiB extents (the host learns
+    the size from a first worker job before it creates the files), data
+    across an extent boundary and in the short last extent."""
+    size = (4 << 30) + 5 * MiB + 3072
+    src = tmp_path / "big.raw"
+    with open(src, "wb") as f:
+        f.truncate(size)
+        f.write(b"a" * 100000)
+        f.seek((2 << 30) - 1000)
+        f.write(b"b" * 5000)
+        f.seek(size - 1024)
+        f.write(b"c" * 1024)
+    opts = f"subformat={sub}"
+    qd, idir, rc = _convert(oracle, tmp_path, src, "vmdk", opts)
+    assert rc == 0
+    names = sorted(p.name for p in idir.iterdir())
+    assert len(names) == (2 if sub == "monolithicFlat" else 4)
+    _assert_same_output(qd, idir, src, "raw", "vmdk", opts)
+
+
+@pytest.mark.parametrize("sub", ["twoGbMaxExtentSparse", "monolithicFlat"])
+def test_convert_extents_source_errors(oracle, tmp_path, sub):
+    """A source that does not open: qemu's message, and no file created."""
+    (tmp_path / "bad.qcow2").write_bytes(b"QFI\xfb\0\0\0\x04" + b"\0" * 504)
+    for src in (tmp_path / "nosuch.raw", tmp_path / "bad.qcow2"):
+        shutil.rmtree(tmp_path / "q", ignore_errors=True)
+        shutil.rmtree(tmp_path / "i", ignore_errors=True)
+        qd, idir, rc = _convert(oracle, tmp_path, src, "vmdk", f"subformat={sub}")
+        assert rc == 1
+        assert list(qd.iterdir()) == list(idir.iterdir()) == []
+
+
+@pytest.mark.parametrize("sub", ["twoGbMaxExtentFlat", "monolithicFlat"])
+def test_convert_extents_removed_on_failure(tmp_path, sub):
+    """A read error half way: OUT and its extent files are not left behind
+    (qemu leaves them; instar leaves the directory as it was)."""
+    qemu_img("create", "-f", "qcow2", "bad.qcow2", "3G", cwd=tmp_path)
+    qemu_io("-c", "write -P 1 0 64k", "-c", "write -P 2 2G 64k", "bad.qcow2",
+            cwd=tmp_path)
+    # The second L2 table's offset, unaligned: reading there fails.
+    data = bytearray((tmp_path / "bad.qcow2").read_bytes())
+    l1 = struct.unpack_from(">Q", data, 40)[0]
+    e = struct.unpack_from(">Q", data, l1 + 8 * 4)[0]
+    assert e
+    struct.pack_into(">Q", data, l1 + 8 * 4, e + 512)
+    (tmp_path / "bad.qcow2").write_bytes(bytes(data))
+    out = tmp_path / "o"
+    out.mkdir()
+    r = run([INSTAR, "convert", "-O", "vmdk", "-o", f"subformat={sub}",
+             "../bad.qcow2", "out.vmdk"], cwd=out)
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
+    assert list(out.iterdir()) == []
 
 
 ERRORS = [
@@ -301,6 +364,32 @@ def test_stream_optimized_footer(tmp_path, sources):
     assert data[off + 1024:off + 1536] == bytes(512)
 
 
+def _stream_grains(path):
+    """A streamOptimized file's compressed grains: [(lba, bytes)]."""
+    data = path.read_bytes()
+    off = struct.unpack_from("<Q", data, 64)[0] * 512
+    grains = []
+    while off + 12 <= len(data):
+        lba, size = struct.unpack_from("<QI", data, off)
+        if size == 0:
+            break
+        grains.append((lba, data[off + 12:off + 12 + size]))
+        off = (off + 12 + size + 511) // 512 * 512
+    return grains
+
+
+@pytest.mark.parametrize("extra", [(), ("-c",)], ids=["plain", "c"])
+def test_stream_optimized_grains_identical(oracle, tmp_path, sources, extra):
+    """Every grain compressed as qemu compresses it, the short last one
+    too (only its guest bytes), with or without -c."""
+    qd, idir, rc = _convert(oracle, tmp_path, sources / "src.raw", "vmdk",
+                            "subformat=streamOptimized", extra=extra)
+    assert rc == 0
+    q, i = _stream_grains(qd / "out.vmdk"), _stream_grains(idir / "out.vmdk")
+    assert len(q) > 3 and q[-1][0] == (9 * MiB) // 512
+    assert q == i
+
+
 @pytest.fixture
 def vmdk_base(tmp_path, sources):
     """q/ and i/ each holding the same base.vmdk (CID copied)."""
@@ -347,3 +436,32 @@ def test_convert_vmdk_backing(oracle, vmdk_base, sources, args):
     maps = [run([QEMU_IMG, "map", "--output=json", "out.vmdk"], cwd=tmp / d).stdout
             for d in ("q", "i")]
     assert maps[0] == maps[1]
+
+
+@pytest.mark.parametrize("opts", [[], ["-o", "zeroed_grain=on"],
+                                  ["-o", "subformat=streamOptimized"]],
+                         ids=lambda o: " ".join(o) or "default")
+def test_convert_vmdk_shared_backing(oracle, tmp_path, opts):
+    """-B naming the source's own backing file (a second chain, not a loop),
+    with 4 KiB source clusters written over parts of 64 KiB grains: the rest
+    of each grain comes from the backing file, as qemu's copy-on-write."""
+    qemu_img("create", "-f", "vmdk", "base.vmdk", "8M", cwd=tmp_path)
+    qemu_io("-c", "write -P 1 0 8M", "base.vmdk", cwd=tmp_path)
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4k", "-b", "base.vmdk",
+             "-F", "vmdk", "s4.qcow2", cwd=tmp_path)
+    qemu_io("-c", "write -P 0x42 1M 4k", "-c", "write -P 0x43 3M 12k",
+            "-c", "write -z 5M 4k", "-c", "write -P 0x44 6M 64k",
+            "-c", "write -z 7M 64k", "s4.qcow2", cwd=tmp_path)
+    args = ["convert", "-O", "vmdk", *opts, "-B", "base.vmdk", "-F", "vmdk",
+            "s4.qcow2"]
+    q = run([oracle.path, *args, "q.vmdk"], cwd=tmp_path)
+    i = run([INSTAR, *args, "i.vmdk"], cwd=tmp_path,
+            env={"INSTAR_QEMU_VERSION": oracle.version})
+    assert (q.returncode, q.stderr) == (0, b"")
+    assert (i.returncode, i.stderr) == (0, b"")
+    r = run([QEMU_IMG, "compare", "-q", "s4.qcow2", "i.vmdk"], cwd=tmp_path)
+    assert r.returncode == 0
+    maps = [run([QEMU_IMG, "map", "--output=json", name], cwd=tmp_path).stdout
+            for name in ("q.vmdk", "i.vmdk")]
+    assert maps[0] == maps[1].replace(b"i.vmdk", b"q.vmdk")
+    assert data_map(tmp_path / "q.vmdk") == data_map(tmp_path / "i.vmdk")

@@ -434,47 +434,6 @@ struct measure_args {
     char *sn_id, *sn_name;
 };
 
-static int dup_opt(const struct co_opts *co, const char *key, char **out)
-{
-    const char *v = co_get_str(co, key);
-
-    free(*out);
-    *out = v ? strdup(v) : NULL;
-    return v && !*out ? -1 : 0;
-}
-
-/* -l snapshot.id=...,snapshot.name=... is parsed as qemu-img does; any
- * other -l is an id or name. */
-static int snapshot_param(const struct options *o, const char *arg,
-                          struct measure_args *a)
-{
-    struct co_opts co;
-    struct co_error err;
-    int rc;
-
-    if (strncmp(arg, "snapshot.", 9) != 0) {
-        a->snapshot = arg;
-        return 0;
-    }
-    co_init(&co, &co_snapshot_format, o->prof.major);
-    rc = co_parse(&co, arg, &err);
-    if (rc < 0) {
-        co_free(&co);
-        die_msg(o, "%s", err.msg);
-        fputs(err.hint, stderr);
-        die_msg(o, "Failed in parsing snapshot param '%s'", arg);
-        return -1;
-    }
-    a->has_sn_opts = 1;
-    rc = dup_opt(&co, "snapshot.id", &a->sn_id) < 0 ||
-         dup_opt(&co, "snapshot.name", &a->sn_name) < 0;
-    co_free(&co);
-    if (rc) {
-        die_msg(o, "Out of memory");
-        return -1;
-    }
-    return 0;
-}
 
 enum { OPT_OBJECT = 256, OPT_OUTPUT, OPT_IMAGE_OPTS, OPT_SIZE };
 
@@ -559,7 +518,8 @@ static int parse_args(struct options *o, int argc, char **argv,
                 status = 1;
             break;
         case 'l':
-            if (snapshot_param(o, optarg, a) < 0)
+            if (host_snapshot_param(o, optarg, &a->snapshot, &a->has_sn_opts,
+                                    &a->sn_id, &a->sn_name) < 0)
                 status = 1;
             break;
         case 'U':

@@ -3,10 +3,12 @@
  * requests; the worker detects the format and opens the driver.
  */
 #include "jobs.h"
+#include "createopts.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -188,4 +190,45 @@ void host_report_open_error(const struct options *o, const char *filename,
         die_msg(o, "%s", err->msg);
     else
         die_msg(o, "Could not open '%s': %s", filename, err->msg);
+}
+
+static int dup_opt(const struct co_opts *co, const char *key, char **out)
+{
+    const char *v = co_get_str(co, key);
+
+    free(*out);
+    *out = v ? strdup(v) : NULL;
+    return v && !*out ? -1 : 0;
+}
+
+int host_snapshot_param(const struct options *o, const char *arg,
+                        const char **snapshot, int *has_sn_opts,
+                        char **sn_id, char **sn_name)
+{
+    struct co_opts co;
+    struct co_error err;
+    int rc;
+
+    if (strncmp(arg, "snapshot.", 9) != 0) {
+        *snapshot = arg;
+        return 0;
+    }
+    co_init(&co, &co_snapshot_format, o->prof.major);
+    rc = co_parse(&co, arg, &err);
+    if (rc < 0) {
+        co_free(&co);
+        die_msg(o, "%s", err.msg);
+        fputs(err.hint, stderr);
+        die_msg(o, "Failed in parsing snapshot param '%s'", arg);
+        return -1;
+    }
+    *has_sn_opts = 1;
+    rc = dup_opt(&co, "snapshot.id", sn_id) < 0 ||
+         dup_opt(&co, "snapshot.name", sn_name) < 0;
+    co_free(&co);
+    if (rc) {
+        die_msg(o, "Out of memory");
+        return -1;
+    }
+    return 0;
 }

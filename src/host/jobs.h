@@ -32,6 +32,16 @@ int host_open_single(const struct options *o, const char *cmd, int argc,
                      char **argv, const char *format, const char **filename,
                      struct policy *pol);
 
+/*
+ * -l of convert and measure: "snapshot.id=...,snapshot.name=..." is parsed
+ * as qemu-img parses it (*has_sn_opts set, *sn_id / *sn_name replaced with
+ * copies, either may be NULL); any other argument is an id or name
+ * (*snapshot).  Returns 0, or -1 after printing qemu's error.
+ */
+int host_snapshot_param(const struct options *o, const char *arg,
+                        const char **snapshot, int *has_sn_opts,
+                        char **sn_id, char **sn_name);
+
 /* --image-opts is refused: its option strings can name any file. */
 void refuse_image_opts(const struct options *o);
 

@@ -463,29 +463,6 @@ static struct tree *run_job(struct options *o, struct policy *pol,
 
 /* ---- the command line ---- */
 
-static int add_options(const struct options *o, char **all, const char *arg)
-{
-    char *n;
-
-    if (co_valid_list(arg) < 0) {
-        die_msg(o, "Invalid option list: %s", arg);
-        return -1;
-    }
-    if (!*all) {
-        n = strdup(arg);
-    } else {
-        n = malloc(strlen(*all) + strlen(arg) + 2);
-        if (n)
-            sprintf(n, "%s,%s", *all, arg);
-    }
-    if (!n) {
-        die_msg(o, "Out of memory");
-        return -1;
-    }
-    free(*all);
-    *all = n;
-    return 0;
-}
 
 /* -m: qemu 7.2's qemu_strtol check or 10.0's cvtnum_full(). */
 static int parse_coroutines(const struct options *o, const char *arg)
@@ -628,7 +605,7 @@ static int parse_args(struct options *o, int argc, char **argv,
             a->backing_fmt = optarg;
             break;
         case 'o':
-            if (add_options(o, &a->options, optarg) < 0)
+            if (host_add_options(o, &a->options, optarg) < 0)
                 return 1;
             break;
         case 'l':

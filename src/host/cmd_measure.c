@@ -437,30 +437,6 @@ struct measure_args {
 
 enum { OPT_OBJECT = 256, OPT_OUTPUT, OPT_IMAGE_OPTS, OPT_SIZE };
 
-/* Appends one -o argument the way qemu-img's accumulate_options() does. */
-static int add_options(const struct options *o, char **all, const char *arg)
-{
-    char *n;
-
-    if (co_valid_list(arg) < 0) {
-        die_msg(o, "Invalid option list: %s", arg);
-        return -1;
-    }
-    if (!*all) {
-        n = strdup(arg);
-    } else {
-        n = malloc(strlen(*all) + strlen(arg) + 2);
-        if (n)
-            sprintf(n, "%s,%s", *all, arg);
-    }
-    if (!n) {
-        die_msg(o, "Out of memory");
-        return -1;
-    }
-    free(*all);
-    *all = n;
-    return 0;
-}
 
 /* getopt as qemu-img's: glibc reports bad options under the command's
  * argv[0] ("measure" in 7.2, "PROGRAM measure" in 10.0).  Returns -1 to
@@ -514,7 +490,7 @@ static int parse_args(struct options *o, int argc, char **argv,
             a->out_fmt = optarg;
             break;
         case 'o':
-            if (add_options(o, &a->options, optarg) < 0)
+            if (host_add_options(o, &a->options, optarg) < 0)
                 status = 1;
             break;
         case 'l':

@@ -232,3 +232,27 @@ int host_snapshot_param(const struct options *o, const char *arg,
     }
     return 0;
 }
+
+int host_add_options(const struct options *o, char **all, const char *arg)
+{
+    char *n;
+
+    if (co_valid_list(arg) < 0) {
+        die_msg(o, "Invalid option list: %s", arg);
+        return -1;
+    }
+    if (!*all) {
+        n = strdup(arg);
+    } else {
+        n = malloc(strlen(*all) + strlen(arg) + 2);
+        if (n)
+            sprintf(n, "%s,%s", *all, arg);
+    }
+    if (!n) {
+        die_msg(o, "Out of memory");
+        return -1;
+    }
+    free(*all);
+    *all = n;
+    return 0;
+}

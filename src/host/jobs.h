@@ -32,6 +32,10 @@ int host_open_single(const struct options *o, const char *cmd, int argc,
                      char **argv, const char *format, const char **filename,
                      struct policy *pol);
 
+/* Appends one -o argument to *all the way qemu-img's accumulate_options()
+ * does.  Returns 0, or -1 after printing qemu's error. */
+int host_add_options(const struct options *o, char **all, const char *arg);
+
 /*
  * -l of convert and measure: "snapshot.id=...,snapshot.name=..." is parsed
  * as qemu-img parses it (*has_sn_opts set, *sn_id / *sn_name replaced with

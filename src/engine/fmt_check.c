@@ -55,3 +55,22 @@ void ins_check_sort(void *base, size_t n, size_t size,
         sift_down(b, 0, i, size, cmp);
     }
 }
+
+void *ins_check_grow(struct ins_ctx *ctx, void *arr, size_t *cap, size_t n,
+                     size_t elem, size_t max)
+{
+    size_t want;
+    void *grown;
+
+    if (n < *cap)
+        return arr;
+    want = *cap ? *cap * 2 : 1024;
+    if (want > max)
+        want = max;
+    if (n >= want)
+        return NULL;
+    grown = ins_realloc(ctx, arr, want * elem);
+    if (grown)
+        *cap = want;
+    return grown;
+}

@@ -84,6 +84,15 @@ static inline int ins_check_unsafe(const struct ins_image *img)
 void ins_check_sort(void *base, size_t n, size_t size,
                     int (*cmp)(const void *, const void *));
 
+/*
+ * Room for element n of a doubling array capped at max elements: returns
+ * the (maybe moved) array with *cap updated, or NULL when the cap is
+ * reached or memory ran out (arr is then unchanged and still owned by the
+ * caller, who stops collecting).  (fmt_check.c)
+ */
+void *ins_check_grow(struct ins_ctx *ctx, void *arr, size_t *cap, size_t n,
+                     size_t elem, size_t max);
+
 /* A bit set of n bits for "seen" marks; NULL when n is 0 or on failure. */
 static inline uint8_t *ins_bitset_new(struct ins_ctx *ctx, uint64_t n)
 {

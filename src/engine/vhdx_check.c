@@ -285,24 +285,14 @@ static void check_metadata(struct vhdx_check *c, uint8_t *buf)
 static void add_block(struct vhdx_check *c, uint64_t i, uint64_t start,
                       uint64_t len)
 {
-    if (c->n_blocks == c->cap_blocks) {
-        size_t cap = c->cap_blocks ? c->cap_blocks * 2 : 1024;
-        struct vblock *nb;
+    struct vblock *nb = ins_check_grow(c->ctx, c->blocks, &c->cap_blocks,
+                                       c->n_blocks, sizeof(*nb), MAX_BLOCKS);
 
-        if (cap > MAX_BLOCKS)
-            cap = MAX_BLOCKS;
-        if (c->n_blocks == cap) {
-            c->too_many = 1;
-            return;
-        }
-        nb = ins_realloc(c->ctx, c->blocks, cap * sizeof(*nb));
-        if (!nb) {
-            c->too_many = 1;
-            return;
-        }
-        c->blocks = nb;
-        c->cap_blocks = cap;
+    if (!nb) {
+        c->too_many = 1;
+        return;
     }
+    c->blocks = nb;
     c->blocks[c->n_blocks].start = start;
     c->blocks[c->n_blocks].len = len;
     c->blocks[c->n_blocks].index = i;

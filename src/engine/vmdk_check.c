@@ -139,26 +139,17 @@ static int qemu_walk(struct vmdk_check *c)
 static void add_range(struct vmdk_check *c, uint64_t start, uint64_t len,
                       unsigned kind)
 {
+    struct range *nr;
+
     if (len == 0)
         return;
-    if (c->n_ranges == c->cap_ranges) {
-        size_t cap = c->cap_ranges ? c->cap_ranges * 2 : 1024;
-        struct range *nr;
-
-        if (cap > MAX_RANGES)
-            cap = MAX_RANGES;
-        if (c->n_ranges == cap) {
-            c->too_many = 1;
-            return;
-        }
-        nr = ins_realloc(c->ctx, c->ranges, cap * sizeof(*nr));
-        if (!nr) {
-            c->too_many = 1;
-            return;
-        }
-        c->ranges = nr;
-        c->cap_ranges = cap;
+    nr = ins_check_grow(c->ctx, c->ranges, &c->cap_ranges, c->n_ranges,
+                        sizeof(*nr), MAX_RANGES);
+    if (!nr) {
+        c->too_many = 1;
+        return;
     }
+    c->ranges = nr;
     c->ranges[c->n_ranges].start = start;
     c->ranges[c->n_ranges].len = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
     c->ranges[c->n_ranges].kind = kind;

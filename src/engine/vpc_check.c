@@ -194,6 +194,7 @@ static void check_block(struct vpc_check *c, uint32_t i, uint32_t e)
 {
     uint64_t start = (uint64_t)e * 512;
     uint64_t len = (uint64_t)c->bitmap_size + c->block_size;
+    struct vpc_block *nb;
 
     if (start > c->footer_pos || c->footer_pos - start < len) {
         ins_check_logf(&c->log, "ERROR: block %u at offset %llu %s after the end "
@@ -212,24 +213,13 @@ static void check_block(struct vpc_check *c, uint32_t i, uint32_t e)
         corrupt(c);
         return;
     }
-    if (c->n_blocks == c->cap_blocks) {
-        size_t cap = c->cap_blocks ? c->cap_blocks * 2 : 1024;
-        struct vpc_block *nb;
-
-        if (cap > MAX_BLOCKS)
-            cap = MAX_BLOCKS;
-        if (c->n_blocks == cap) {
-            c->too_many = 1;
-            return;
-        }
-        nb = ins_realloc(c->ctx, c->blocks, cap * sizeof(*nb));
-        if (!nb) {
-            c->too_many = 1;
-            return;
-        }
-        c->blocks = nb;
-        c->cap_blocks = cap;
+    nb = ins_check_grow(c->ctx, c->blocks, &c->cap_blocks, c->n_blocks,
+                        sizeof(*nb), MAX_BLOCKS);
+    if (!nb) {
+        c->too_many = 1;
+        return;
     }
+    c->blocks = nb;
     c->blocks[c->n_blocks].start = start;
     c->blocks[c->n_blocks].index = i;
     c->n_blocks++;

@@ -2,7 +2,8 @@
  * raw_write.c - writing raw images.
  *
  * A new raw image is the file truncated to the virtual size: a sparse
- * file that reads as zeros, as qemu's raw_co_create() leaves it, so the
+ * file that reads as zeros (but for its first block, see ins_grow_empty),
+ * as qemu's raw_co_create() leaves it, so the
  * convert pipeline skips zeros and holes stay holes.  Explicit zeros
  * (convert -n into a file that may hold data) are punched where the file
  * system can, written otherwise.
@@ -37,12 +38,13 @@ static int raw_create(struct ins_ctx *ctx, struct ins_bdev *out,
 
     if (cr->backing_file)
         return ins_error(ctx, INS_ENOTSUP, "Backing file not supported for file format 'raw'");
-    /* raw_co_create(): truncate to the size (preallocation=off).  The
-     * host hands over an empty file; emptying one again would make ext4
-     * flush it on close (its auto_da_alloc heuristic). */
+    /* raw_co_create(): truncate to the size (preallocation=off), which
+     * allocates the first block.  The host hands over an empty file;
+     * emptying one again would make ext4 flush it on close (its
+     * auto_da_alloc heuristic). */
     rc = out->size ? ins_truncate(out, 0) : INS_OK;
     if (rc == 0)
-        rc = ins_truncate(out, cr->size);
+        rc = ins_grow_empty(out, cr->size);
     if (rc < 0)
         return ins_error(ctx, rc, "Could not resize file: %s", ins_strerror(rc));
     return raw_make(ctx, out, cr->size, 1, img);

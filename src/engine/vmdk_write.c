@@ -377,21 +377,10 @@ static int parent_cid(struct ins_ctx *ctx, struct ins_bdev *out,
     return INS_OK;
 }
 
-/*
- * A flat extent: the file at its size.  qemu's file driver, growing an
- * empty file, writes zeros over its first block (4 KiB, or a sector of a
- * smaller file) so that later alignment probing finds it allocated; the
- * file's layout shows it, so we do the same.
- */
+/* A flat extent: the file at its size, grown as qemu's file driver does. */
 static int flat_init(struct vmdk_wext *e)
 {
-    static const uint8_t zeros[4096];
-    int rc = ins_truncate(e->bd, e->bytes);
-
-    if (rc == 0 && e->bytes > 0)
-        rc = ins_write(e->bd, zeros, e->bytes < sizeof(zeros) ? 512
-                                                              : sizeof(zeros), 0);
-    return rc;
+    return ins_grow_empty(e->bd, e->bytes);
 }
 
 static int vmdk_create(struct ins_ctx *ctx, struct ins_bdev *out,

@@ -246,7 +246,7 @@ static int vpc_create(struct ins_ctx *ctx, struct ins_bdev *out,
     } else {
         v->w.granularity = 512;
         v->fixed_size = size;
-        rc = ins_truncate(out, size + 512);
+        rc = ins_grow_empty(out, size + 512);
         if (rc == 0)
             rc = ins_write(out, v->footer, 512, size);
         if (rc)

@@ -105,4 +105,13 @@ extern const struct ins_writer ins_wr_raw, ins_wr_qcow2, ins_wr_vmdk,
 /* The writer for a format name, or NULL. */
 const struct ins_writer *ins_find_writer(const char *name);
 
+/*
+ * Grows an empty file to size as qemu's file driver does (preallocation
+ * off): truncate, then zeros over the first block (4 KiB, or a sector of a
+ * smaller file) so that later alignment probing finds it allocated.  The
+ * file's layout shows it (qemu-img map, disk size), so writers of files
+ * qemu creates this way (raw, fixed vpc, flat vmdk extents) do the same.
+ */
+int ins_grow_empty(struct ins_bdev *bd, uint64_t size);
+
 #endif

@@ -122,14 +122,21 @@ def main():
     ap.add_argument("--dir", default=None, help="where to make the images")
     ap.add_argument("--case", action="append", help="run only these cases")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reuse", metavar="DIR",
+                    help="use the images a --keep run left in DIR")
     a = ap.parse_args()
     if not os.path.exists(INSTAR):
         sys.exit("bench_convert: build instar first (make)")
     size = int(a.size_gib * GiB) // (64 * MiB) * (64 * MiB)
-    work = tempfile.mkdtemp(prefix="instar-bench-convert-", dir=a.dir)
+    if a.reuse:
+        work = a.reuse
+        a.keep = True
+    else:
+        work = tempfile.mkdtemp(prefix="instar-bench-convert-", dir=a.dir)
     try:
         t0 = time.perf_counter()
-        make_images(work, size)
+        if not a.reuse:
+            make_images(work, size)
         print(f"images: {size / GiB:g} GiB virtual, half data "
               f"(made in {time.perf_counter() - t0:.0f} s); {a.runs} runs, "
               f"{os.cpu_count()} CPUs")

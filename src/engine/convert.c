@@ -41,6 +41,10 @@ struct slot {
     enum blk status;
     int zeros_as_data;          /* -S 0: a zero run, written as data */
     uint8_t *buf;               /* len bytes of guest data (DATA), page-aligned */
+    const uint8_t *data;        /* the chunk's guest data: buf, or a view */
+    const void *view;           /* a source file's bytes seen in place, or NULL */
+    uint64_t view_off;          /* where in that file */
+    void (*unview)(const void *addr, size_t len, uint64_t offset);
     uint8_t *buf_mem;           /* the allocation buf lies in */
     size_t buf_cap;
     uint8_t *cbuf;              /* compressed clusters, cstride apart */
@@ -464,7 +468,7 @@ static int plan_writes(struct pipe *p, struct ins_ctx *ctx, struct slot *s)
     const struct ins_convert_opts *o = p->o;
     uint64_t sector = s->off / SECTOR;
     uint64_t nsec = (s->len + SECTOR - 1) / SECTOR;
-    const uint8_t *buf = s->buf;
+    const uint8_t *buf = s->data;
     int rc;
 
     if (o->compressed) {
@@ -585,6 +589,48 @@ static int copy_chunk(struct pipe *p, struct ins_image **imgs,
     return INS_OK;
 }
 
+/*
+ * Looks at a data chunk in place when its source stores all of it as plain
+ * bytes in one file (ins_image_locate), saving the copy into a buffer: the
+ * zero scan and the write read the page cache directly.  Returns 1 when
+ * s->data points into a view, 2 when the whole chunk reads as zeros
+ * (a format whose block status calls everything data), 0 to read the
+ * chunk (also on any error, which the read then reports).
+ */
+static int view_chunk(struct pipe *p, struct ins_image **imgs, struct slot *s)
+{
+    uint64_t src_off, offset, map = 0, pnum;
+    size_t cur = select_source(p, s->off / SECTOR, &src_off);
+    struct ins_image *img = imgs[cur];
+    struct ins_bdev *f = NULL;
+    const void *v;
+    int rc;
+
+    offset = s->off - src_off * SECTOR;
+    if (offset > img->virtual_size || s->len > img->virtual_size - offset)
+        return 0;
+    rc = ins_image_locate(img, offset, s->len, &f, &map, &pnum);
+    if (rc == 2 && pnum >= s->len)
+        return 2;
+    if (rc != 1 || pnum < s->len || !f->view || !f->unview ||
+        f->view(f->opaque, map, (size_t)s->len, &v) < 0)
+        return 0;
+    s->view = v;
+    s->view_off = map;
+    s->unview = f->unview;
+    s->data = v;
+    return 1;
+}
+
+static void release_view(struct slot *s)
+{
+    if (s->view) {
+        s->unview(s->view, (size_t)s->len, s->view_off);
+        s->view = NULL;
+        s->data = NULL;
+    }
+}
+
 /* The chunk's pieces into a raw target, on the reader's thread (see
  * struct pipe's direct); nothing is left for the writer thread. */
 static int write_direct(struct pipe *p, struct slot *s)
@@ -597,7 +643,7 @@ static int write_direct(struct pipe *p, struct slot *s)
         const struct piece *pc = &s->pieces[i];
 
         if (pc->data)
-            rc = w->wr->write(w, s->buf + (pc->off - s->off), (size_t)pc->len,
+            rc = w->wr->write(w, s->data + (pc->off - s->off), (size_t)pc->len,
                               pc->off);
         else if (!p->o->has_zero_init)
             rc = w->wr->write_zeroes(w, pc->off, pc->len);
@@ -613,7 +659,7 @@ static int write_direct(struct pipe *p, struct slot *s)
 static void process(struct pipe *p, struct ins_ctx *ctx,
                     struct ins_image **imgs, struct slot *s)
 {
-    int rc = INS_OK;
+    int rc = INS_OK, seen = 0;
 
     s->npieces = 0;
     s->warnings_len = 0;
@@ -632,8 +678,17 @@ static void process(struct pipe *p, struct ins_ctx *ctx,
             __atomic_store_n(&p->copy, 0, __ATOMIC_RELAXED);
         rc = INS_OK;
     }
-    if (s->status == BLK_DATA) {
+    if (s->status == BLK_DATA && !p->o->compressed && !s->zeros_as_data &&
+        !p->o->salvage)
+        seen = view_chunk(p, imgs, s);
+    if (seen == 1) {
+        rc = plan_writes(p, ctx, s);
+    } else if (seen == 2 && p->o->min_sparse) {
+        /* What the zero scan makes of a chunk of zeros (alloc_run_min). */
+        rc = add_piece(ctx, s, s->off, s->len, 0, 0);
+    } else if (s->status == BLK_DATA) {
         rc = ensure_buffers(p, ctx, s);
+        s->data = s->buf;
         if (rc == 0) {
             rc = read_chunk(p, ctx, imgs, s);
             if (rc < 0) {
@@ -650,6 +705,8 @@ static void process(struct pipe *p, struct ins_ctx *ctx,
     }
     if (rc == 0 && p->direct)
         rc = write_direct(p, s);
+    if (p->direct)
+        release_view(s);
     if (rc < 0 && !s->errmsg[0]) {
         snprintf(s->errmsg, sizeof(s->errmsg), "%s",
                  ctx->errmsg[0] ? ctx->errmsg : ins_strerror(rc));
@@ -872,7 +929,7 @@ static int write_slot(struct pipe *p, struct slot *s)
     }
     for (i = 0; i < s->npieces; i++) {
         const struct piece *pc = &s->pieces[i];
-        const uint8_t *data = s->buf ? s->buf + (pc->off - s->off) : NULL;
+        const uint8_t *data = s->data ? s->data + (pc->off - s->off) : NULL;
 
         if (!pc->data) {
             if (o->has_zero_init)
@@ -1173,6 +1230,7 @@ static int run(struct pipe *p)
         }
         pthread_mutex_unlock(&p->mu);
         rc = write_slot(p, s);
+        release_view(s);
         if (rc < 0)
             return rc;
         s->state = SLOT_FREE;
@@ -1295,6 +1353,7 @@ int ins_op_convert(struct ins_ctx *ctx, const struct ins_convert_src *src,
         stop_readers(&p);
     }
     for (i = 0; i < p.nslots; i++) {
+        release_view(&p.slots[i]);
         ins_free(ctx, p.slots[i].buf_mem);
         ins_free(ctx, p.slots[i].cbuf);
         ins_free(ctx, p.slots[i].pieces);

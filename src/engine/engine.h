@@ -62,6 +62,17 @@ struct ins_bdev {
      */
     int64_t (*copy)(void *opaque, struct ins_bdev *dst, uint64_t offset,
                     uint64_t dst_offset, size_t len);
+    /*
+     * Optional: makes len bytes at offset (wholly inside the file) readable
+     * in place, without copying them (mmap): returns INS_OK with *out
+     * pointing at them, or INS_ENOTSUP (the caller reads them instead).
+     * The bytes stay readable until unview(*out, len, offset), which may
+     * be called from any thread and after the device is gone.  Never for
+     * writing.  The worker ends with an I/O error if the file shrinks
+     * under a view.
+     */
+    int (*view)(void *opaque, uint64_t offset, size_t len, const void **out);
+    void (*unview)(const void *addr, size_t len, uint64_t offset);
     /* The last data region seek() found, [bsc_start, bsc_end) (empty when
      * equal): qemu's block-status cache, kept by ins_file_status. */
     uint64_t bsc_start, bsc_end;
@@ -376,6 +387,19 @@ struct ins_driver {
     int (*backing)(struct ins_image *img, const char **name,
                    const char **format);
     int supports_backing;
+    /* A DATA run at a valid offset (OFFSET_VALID, not COMPRESSED) holds the
+     * guest bytes unchanged in st->file at st->map: read copies them as
+     * they are.  Lets convert look at such runs in place (ins_image_locate). */
+    int plain_map;
+    /*
+     * Optional, for drivers whose block status does not give offsets:
+     * for a DATA run of this layer, fills st->pnum (1 .. bytes) and
+     * returns 1 with st->file and st->map when those bytes are stored
+     * there unchanged, 2 when they read as zeros, 0 when they must be
+     * read, or INS_E*.
+     */
+    int (*locate)(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                  struct ins_bstat *st);
     /* What kind of reference backing() returns, for ctx->open_ref and the
      * host's messages (zero, the default, is INS_REF_BACKING; vpc's parent
      * locator is INS_REF_PARENT). */
@@ -491,6 +515,16 @@ int ins_image_load_snapshot_by_id_or_name(struct ins_image *img,
 /* Guest bytes through the chain; unallocated ranges read as zeros. */
 int ins_image_read(struct ins_image *img, void *buf, size_t len,
                    uint64_t offset);
+
+/*
+ * Where guest bytes [offset, offset + bytes) lie unchanged in a file.
+ * Returns 1 with *file and *map when the layer defining the first run
+ * stores it as plain bytes (a DATA run of a plain_map driver, wholly inside
+ * its file), 2 when the run reads as zeros, 0 when it must be read through
+ * ins_image_read, or INS_E*; *pnum is the run's length (up to bytes).
+ */
+int ins_image_locate(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                     struct ins_bdev **file, uint64_t *map, uint64_t *pnum);
 
 /* qemu's bdrv_block_status() for one layer: the driver's answer with the
  * file's status folded in, ALLOCATED and EOF set.  Returns flags or INS_E*. */

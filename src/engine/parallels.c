@@ -668,6 +668,7 @@ const struct ins_driver ins_drv_parallels = {
     .close = prl_close,
     .block_status = prl_block_status,
     .read = ins_read_mapped,
+    .plain_map = 1,
     /* qemu's driver supports a backing file given by options (none is
      * stored), so unallocated clusters are the backing's, or zeros. */
     .supports_backing = 1,

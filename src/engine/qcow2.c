@@ -1202,6 +1202,7 @@ const struct ins_driver ins_drv_qcow2 = {
     .supports_backing = 1,
     .block_status = qcow2_block_status,
     .read = qcow2_read,
+    .plain_map = 1,
     .load_snapshot = qcow2_load_snapshot,
     .check = qcow2_check,
 };

@@ -377,6 +377,7 @@ const struct ins_driver ins_drv_qed = {
     .close = qed_close,
     .block_status = qed_block_status,
     .read = ins_read_mapped,
+    .plain_map = 1,
     .backing = qed_backing,
     .supports_backing = 1,
     .check = ins_qed_check,

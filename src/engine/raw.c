@@ -64,4 +64,5 @@ const struct ins_driver ins_drv_raw = {
     .close = raw_close,
     .block_status = raw_block_status,
     .read = raw_read,
+    .plain_map = 1,
 };

@@ -372,3 +372,79 @@ int ins_image_read(struct ins_image *img, void *buf, size_t len,
     }
     return INS_OK;
 }
+
+static int locate_run(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                      struct ins_bdev **file, uint64_t *map, uint64_t *pnum)
+{
+    struct ins_image *layer = img;
+    struct ins_bstat st;
+    uint64_t n = bytes;
+    int ret;
+
+    *pnum = 0;
+    if (bytes == 0)
+        return 0;
+    /* The defining layer, as ins_image_read finds it. */
+    for (;;) {
+        if (offset >= layer->virtual_size) {
+            *pnum = n;
+            return 2;               /* zeros past a shorter backing image */
+        }
+        ret = ins_node_status(layer, offset, n, &st);
+        if (ret < 0)
+            return ret;
+        if (st.pnum == 0)
+            return ins_error(img->ctx, INS_EIO, "%s driver returned an empty "
+                             "extent", layer->drv->name);
+        if (st.pnum < n)
+            n = st.pnum;
+        if ((ret & INS_BS_ALLOCATED) || !layer->backing)
+            break;
+        layer = layer->backing;
+    }
+    *pnum = n;
+    if ((ret & INS_BS_ZERO) || !(ret & INS_BS_ALLOCATED))
+        return 2;                   /* as ins_image_read: zeros */
+    if (!(ret & INS_BS_DATA))
+        return 0;
+    if (layer->drv->locate) {
+        memset(&st, 0, sizeof(st));
+        ret = layer->drv->locate(layer, offset, n, &st);
+        if (ret < 0)
+            return ret;
+        if (st.pnum == 0 || st.pnum > n)
+            return ins_error(img->ctx, INS_EIO, "%s driver returned a bad "
+                             "extent", layer->drv->name);
+        *pnum = n = st.pnum;
+        if (ret != 1)
+            return ret == 2 ? 2 : 0;
+    } else if (!layer->drv->plain_map ||
+               (ret & (INS_BS_OFFSET_VALID | INS_BS_COMPRESSED)) !=
+               INS_BS_OFFSET_VALID) {
+        return 0;
+    }
+    if (!st.file || st.map > st.file->size || n > st.file->size - st.map)
+        return 0;
+    *file = st.file;
+    *map = st.map;
+    return 1;
+}
+
+int ins_image_locate(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                     struct ins_bdev **file, uint64_t *map, uint64_t *pnum)
+{
+    int rc = locate_run(img, offset, bytes, file, map, pnum);
+
+    /* Runs that continue each other (zeros after zeros, bytes following
+     * on in the same file) count as one. */
+    while ((rc == 1 || rc == 2) && *pnum < bytes) {
+        struct ins_bdev *f2 = NULL;
+        uint64_t m2 = 0, n2;
+        int r2 = locate_run(img, offset + *pnum, bytes - *pnum, &f2, &m2, &n2);
+
+        if (r2 != rc || (rc == 1 && (f2 != *file || m2 != *map + *pnum)))
+            break;
+        *pnum += n2;
+    }
+    return rc;
+}

@@ -280,5 +280,6 @@ const struct ins_driver ins_drv_vdi = {
     .close = vdi_close,
     .block_status = vdi_block_status,
     .read = ins_read_mapped,
+    .plain_map = 1,
     .check = ins_vdi_check,
 };

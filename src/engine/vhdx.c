@@ -1430,6 +1430,36 @@ static int vhdx_block_status(struct ins_image *img, uint64_t offset,
     return INS_BS_DATA;
 }
 
+/* Fully present blocks hold the guest bytes as they are, and blocks in
+ * the zero states read as zeros (see vhdx_read). */
+static int vhdx_locate(struct ins_image *img, uint64_t offset, uint64_t bytes,
+                       struct ins_bstat *st)
+{
+    struct vhdx_image *s = (struct vhdx_image *)img;
+    uint64_t block = offset / s->block_size;
+    uint64_t in_block = offset % s->block_size;
+    uint64_t idx = block + (block >> s->chunk_ratio_bits), e;
+
+    if (idx >= s->bat_entries || bat_get(s, idx, &e) < 0)
+        return ins_error(img->ctx, INS_EIO, "Input/output error");
+    st->pnum = s->block_size - in_block < bytes ? s->block_size - in_block : bytes;
+    switch (e & BAT_STATE_MASK) {
+    case PAYLOAD_FULLY_PRESENT:
+        break;
+    case PAYLOAD_NOT_PRESENT:
+    case PAYLOAD_UNDEFINED:
+    case PAYLOAD_ZERO:
+    case PAYLOAD_UNMAPPED:
+    case PAYLOAD_UNMAPPED_V095:
+        return 2;
+    default:
+        return 0;
+    }
+    st->file = img->file;
+    st->map = (e & BAT_OFFSET_MASK) + in_block;
+    return 1;
+}
+
 /* Sector-bitmap entries sit after every chunk_ratio payload entries. */
 static int vhdx_read(struct ins_image *img, void *buf, size_t len,
                      uint64_t offset)
@@ -1517,6 +1547,7 @@ const struct ins_driver ins_drv_vhdx = {
     .close = vhdx_close,
     .block_status = vhdx_block_status,
     .read = vhdx_read,
+    .locate = vhdx_locate,
     .backing = vhdx_backing,
     .supports_backing = 1,
     .backing_ref_kind = INS_REF_PARENT,

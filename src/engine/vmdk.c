@@ -1427,6 +1427,7 @@ const struct ins_driver ins_drv_vmdk = {
     .close = vmdk_close,
     .block_status = vmdk_block_status,
     .read = vmdk_read,
+    .plain_map = 1,
     .backing = vmdk_backing,
     .supports_backing = 1,
     .check = ins_vmdk_check,

@@ -654,6 +654,7 @@ const struct ins_driver ins_drv_vpc = {
     .close = vpc_close,
     .block_status = vpc_block_status,
     .read = ins_read_mapped,
+    .plain_map = 1,
     .backing = vpc_backing,
     /* Only differencing disks leave anything to a parent (block_status
      * says ZERO for a dynamic disk's unallocated blocks). */

@@ -197,3 +197,37 @@ def test_file_layout_same_as_qemu(oracle, tmp_path, target, opts):
         assert r.returncode == 0, (who, r.stderr)
         layouts[who] = {p.name: file_extents(p) for p in sorted(d.iterdir())}
     assert layouts["instar"] == layouts["qemu"]
+
+
+def test_source_shrinks_during_convert(tmp_path):
+    """Someone truncates the source while convert has it mapped: the worker
+    must end with a one-line I/O error (its SIGBUS handler), never die of
+    the signal.  Timing decides where the truncation lands, so several
+    delays are tried; every outcome must be clean."""
+    import subprocess
+    import time
+    chunk = (b"instar shrink test " * 3449)[:65536]
+    outcomes = []
+    for delay in (0.0, 0.005, 0.01, 0.02, 0.04, 0.08):
+        src = tmp_path / "big.raw"
+        with open(src, "wb") as f:
+            for _ in range(256 * MiB // len(chunk)):
+                f.write(chunk)
+        out = tmp_path / "out.raw"
+        if out.exists():
+            out.unlink()
+        p = subprocess.Popen([str(INSTAR), "convert", "-f", "raw", "-O", "raw",
+                              str(src), str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        time.sleep(delay)
+        with open(src, "r+b") as f:
+            f.truncate(1 * MiB)
+        stdout, stderr = p.communicate(timeout=60)
+        err = stderr.decode()
+        assert p.returncode in (0, 1), err
+        assert "signal" not in err, err
+        if p.returncode:
+            assert err.count("\n") == 1, err
+            assert "Input/output error" in err, err
+        outcomes.append(p.returncode)
+    print(outcomes)

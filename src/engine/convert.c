@@ -51,6 +51,7 @@ struct slot {
     size_t cbuf_cap;
     struct piece *pieces;
     size_t npieces, pieces_cap;
+    struct ins_wdefer defer;    /* its data writes, with shared writes */
     int rc;
     char errmsg[sizeof(((struct ins_ctx *)0)->errmsg)];
     int errmsg_plain;
@@ -116,6 +117,19 @@ struct pipe {
     size_t nslots;
     uint64_t seq_planned, seq_taken, seq_written;
     int quit;
+    /*
+     * Shared writes (a writer with can_defer, new target, no --salvage):
+     * whoever finishes the chunk next in guest order takes the writer
+     * role (writing) just long enough for the writer to place it (its
+     * metadata, in order), then writes the chunk's data itself, in
+     * parallel with the next placement.  The thread that read a chunk
+     * mostly writes it, while its mappings and cache lines are warm.
+     * seq_freed counts chunks done with; write_rc stops everyone after a
+     * failure; deferred_end is the end of the data written so (the
+     * file's size is updated once, at the end).
+     */
+    int shared, writing, write_rc;
+    uint64_t seq_freed, deferred_end;
 
     /* One granule being assembled for the writer (partial writes). */
     uint8_t *stage;
@@ -729,6 +743,55 @@ static struct slot *take(struct pipe *p)
     return NULL;
 }
 
+static int write_slot(struct pipe *p, struct slot *s);
+
+/*
+ * Shared writes: places the done chunks next in guest order (the writer
+ * role, one thread at a time) and writes their data.  Called and returns
+ * with mu held.
+ */
+static void drain(struct pipe *p)
+{
+    while (!p->writing && p->write_rc == 0 && p->seq_written < p->seq_planned) {
+        struct slot *s = &p->slots[p->seq_written % p->nslots];
+        uint64_t end = 0;
+        size_t failed = 0;
+        int rc;
+
+        if (s->state != SLOT_DONE)
+            break;
+        p->writing = 1;
+        pthread_mutex_unlock(&p->mu);
+        s->defer.n = 0;
+        p->w->defer = &s->defer;
+        rc = write_slot(p, s);
+        p->w->defer = NULL;
+        pthread_mutex_lock(&p->mu);
+        p->writing = 0;
+        p->seq_written++;
+        if (rc < 0 && p->write_rc == 0)
+            p->write_rc = rc;       /* write_slot's message is in p->ctx */
+        pthread_cond_broadcast(&p->cv_done);
+        pthread_mutex_unlock(&p->mu);
+        if (rc == 0)
+            rc = ins_wdefer_run(p->w, &s->defer, &end, &failed);
+        release_view(s);
+        pthread_mutex_lock(&p->mu);
+        if (rc < 0 && p->write_rc == 0) {
+            p->write_rc = rc;
+            snprintf(p->ctx->errmsg, sizeof(p->ctx->errmsg), "error while "
+                     "writing at byte %lld: %s",
+                     (long long)s->defer.items[failed].guest, ins_strerror(rc));
+            p->ctx->errmsg_plain = 1;
+        }
+        if (end > p->deferred_end)
+            p->deferred_end = end;
+        s->state = SLOT_FREE;
+        p->seq_freed++;
+        pthread_cond_broadcast(&p->cv_done);
+    }
+}
+
 static void *reader_main(void *arg)
 {
     struct reader *r = arg;
@@ -749,6 +812,8 @@ static void *reader_main(void *arg)
         process(p, &r->ctx, r->imgs, s);
         pthread_mutex_lock(&p->mu);
         s->state = SLOT_DONE;
+        if (p->shared)
+            drain(p);
         pthread_cond_broadcast(&p->cv_done);
     }
     pthread_mutex_unlock(&p->mu);
@@ -808,8 +873,14 @@ static int stage_flush(struct pipe *p)
             rc = read_target_backing(p, p->stage + i * SECTOR, bytes, off);
         }
     }
-    if (rc == 0)
+    if (rc == 0) {
+        /* The stage is reused at once: never a deferred write. */
+        struct ins_wdefer *d = w->defer;
+
+        w->defer = NULL;
         rc = w->wr->write(w, p->stage, (size_t)len, p->stage_off);
+        w->defer = d;
+    }
     memset(p->stage, 0, w->granularity);
     memset(p->covered, 0, w->granularity / SECTOR + 1);
     return rc;
@@ -940,6 +1011,8 @@ static int write_slot(struct pipe *p, struct slot *s)
                                          (p->cluster_sectors * SECTOR) * p->cstride,
                                          pc->clen, pc->off);
         } else {
+            if (w->defer)
+                w->defer->guest = pc->off;
             rc = put_data(p, data, pc->off, pc->len);
         }
         if (rc < 0) {
@@ -1239,6 +1312,83 @@ static int run(struct pipe *p)
     return stage_flush(p);
 }
 
+/* Stops the shared writers after the calling thread failed: nobody takes
+ * the writer role again, and whoever has it finishes.  The calling
+ * thread's message stands (a writer failing meanwhile writes its own into
+ * the same context). */
+static int stop_writing(struct pipe *p, int rc)
+{
+    char msg[sizeof(p->ctx->errmsg)];
+    int plain = p->ctx->errmsg_plain;
+
+    memcpy(msg, p->ctx->errmsg, sizeof(msg));
+    pthread_mutex_lock(&p->mu);
+    if (p->write_rc == 0)
+        p->write_rc = rc;
+    while (p->writing)
+        pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    memcpy(p->ctx->errmsg, msg, sizeof(msg));
+    p->ctx->errmsg_plain = plain;
+    return rc;
+}
+
+/* run() with shared writes: the calling thread plans, and places and
+ * writes chunks (zero runs mostly) when their turn comes. */
+static int run_shared(struct pipe *p)
+{
+    int planning = 1, rc;
+
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        struct slot *s = &p->slots[p->seq_planned % p->nslots];
+
+        if (p->write_rc) {
+            rc = p->write_rc;
+            while (p->writing)
+                pthread_cond_wait(&p->cv_done, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+            return rc;
+        }
+        drain(p);
+        if (!planning && p->seq_freed == p->seq_planned)
+            break;
+        if (!planning || s->state != SLOT_FREE) {
+            pthread_cond_wait(&p->cv_done, &p->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&p->mu);
+        s->rc = 0;
+        s->errmsg[0] = '\0';
+        rc = plan_one(p, s);
+        if (rc < 0)
+            return stop_writing(p, rc);
+        pthread_mutex_lock(&p->mu);
+        if (rc == 0) {
+            planning = 0;
+            continue;
+        }
+        rc = INS_OK;
+        s->state = s->status == BLK_DATA ? SLOT_TODO : SLOT_DONE;
+        if (s->state == SLOT_DONE) {
+            s->npieces = 0;
+            s->warnings_len = 0;
+            if (s->status == BLK_ZERO)
+                rc = add_piece(p->ctx, s, s->off, s->len, 0, 0);
+        }
+        p->seq_planned++;
+        pthread_cond_signal(&p->cv_work);
+        if (rc < 0) {
+            pthread_mutex_unlock(&p->mu);
+            return stop_writing(p, rc);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (p->deferred_end > p->w->out->size)
+        p->w->out->size = p->deferred_end;
+    return stage_flush(p);
+}
+
 /* Raw files into a raw file, where the zeros inside data runs need not
  * be found (-C, -S 0): the kernel can copy (see struct pipe's copy). */
 static int copy_possible(const struct ins_convert_src *src, size_t nsrc,
@@ -1349,7 +1499,12 @@ int ins_op_convert(struct ins_ctx *ctx, const struct ins_convert_src *src,
         rc = count_allocated(&p);
     if (rc == 0) {
         start_readers(&p, threads);
-        rc = run(&p);
+        /* Only into a fresh image: metadata may then reach the file
+         * before the data it points at, as nothing else reads it yet. */
+        p.shared = p.nreaders > 0 && w->wr->can_defer && w->zero_init &&
+                   opts->has_zero_init && !opts->salvage &&
+                   !opts->compressed && !opts->target_has_backing;
+        rc = p.shared ? run_shared(&p) : run(&p);
         stop_readers(&p);
     }
     for (i = 0; i < p.nslots; i++) {
@@ -1357,6 +1512,7 @@ int ins_op_convert(struct ins_ctx *ctx, const struct ins_convert_src *src,
         ins_free(ctx, p.slots[i].buf_mem);
         ins_free(ctx, p.slots[i].cbuf);
         ins_free(ctx, p.slots[i].pieces);
+        ins_free(ctx, p.slots[i].defer.items);
         ins_free(ctx, p.slots[i].warnings);
     }
     pthread_cond_destroy(&p.cv_done);

@@ -947,10 +947,10 @@ static int q2w_open(struct ins_ctx *ctx, struct ins_bdev *out,
 static int put(struct q2w *q, const uint8_t *buf, uint64_t len, uint64_t off)
 {
     uint64_t g = q->w.granularity, tail = len % g;
-    int rc = ins_write(q->w.out, buf, (size_t)len, off);
+    int rc = ins_wdata(&q->w, buf, (size_t)len, off);
 
     if (rc == 0 && tail)
-        rc = ins_write(q->w.out, q->pad, (size_t)(g - tail), off + len);
+        rc = ins_wdata(&q->w, q->pad, (size_t)(g - tail), off + len);
     return rc;
 }
 
@@ -1352,4 +1352,5 @@ const struct ins_writer ins_wr_qcow2 = {
     .write_compressed = q2w_write_compressed,
     .finish = q2w_finish,
     .close = q2w_close,
+    .can_defer = 1,
 };

@@ -20,6 +20,58 @@ int ins_grow_empty(struct ins_bdev *bd, uint64_t size)
     return rc;
 }
 
+int ins_wdata(struct ins_wimage *img, const void *buf, size_t len,
+              uint64_t off)
+{
+    struct ins_wdefer *d = img->defer;
+
+    if (!d)
+        return ins_write(img->out, buf, len, off);
+    if (len == 0)
+        return INS_OK;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 16;
+        struct ins_wdefer_item *ni = ins_realloc(img->ctx, d->items,
+                                                 cap * sizeof(*ni));
+
+        if (!ni)
+            return ins_error(img->ctx, INS_ENOMEM, "Out of memory");
+        d->items = ni;
+        d->cap = cap;
+    }
+    d->items[d->n].buf = buf;
+    d->items[d->n].len = len;
+    d->items[d->n].off = off;
+    d->items[d->n].guest = d->guest;
+    d->n++;
+    return INS_OK;
+}
+
+int ins_wdefer_run(struct ins_wimage *img, const struct ins_wdefer *d,
+                   uint64_t *end, size_t *failed)
+{
+    struct ins_bdev *bd = img->out;
+
+    for (size_t i = 0; i < d->n; i++) {
+        const struct ins_wdefer_item *it = &d->items[i];
+        uint64_t e;
+        int64_t put;
+
+        *failed = i;
+        if (it->len > INT64_MAX || ins_add_overflow(it->off, it->len, &e) ||
+            e > INT64_MAX)
+            return INS_EFBIG;
+        put = bd->pwrite(bd->opaque, it->buf, it->len, it->off);
+        if (put < 0)
+            return (int)put;
+        if ((uint64_t)put != it->len)
+            return INS_EIO;
+        if (e > *end)
+            *end = e;
+    }
+    return INS_OK;
+}
+
 const struct ins_writer *ins_find_writer(const char *name)
 {
     for (size_t i = 0; i < sizeof(writers) / sizeof(writers[0]); i++)

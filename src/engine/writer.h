@@ -6,9 +6,11 @@
  * qemu-img would for the same options (so `qemu-img info` shows the same)
  * and then takes guest data.  The convert pipeline (engine/convert.c)
  * reads, detects zeros and compresses on several threads, and calls the
- * writer from ONE thread, in ascending guest offset order: writers need
- * no locking, and their allocation order is qemu-img's (which without -W
- * also writes in order).
+ * writer from one thread at a time, in ascending guest offset order:
+ * writers need no locking, and their allocation order is qemu-img's
+ * (which without -W also writes in order).  A writer with can_defer may
+ * leave its data writes to the caller (struct ins_wimage's defer), who
+ * does them on other threads meanwhile.
  */
 #ifndef INSTAR_WRITER_H
 #define INSTAR_WRITER_H
@@ -16,6 +18,20 @@
 #include "engine.h"
 
 struct ins_writer;
+
+/* Data writes handed back to the caller instead of done (ins_wdata). */
+struct ins_wdefer_item {
+    const void *buf;
+    size_t len;
+    uint64_t off;                   /* in the file */
+    uint64_t guest;                 /* the guest offset written (messages) */
+};
+
+struct ins_wdefer {
+    struct ins_wdefer_item *items;
+    size_t n, cap;
+    uint64_t guest;                 /* set by the caller before write() */
+};
 
 /* Each writer's state begins with this. */
 struct ins_wimage {
@@ -36,6 +52,13 @@ struct ins_wimage {
     /* Every write must be compressed (vmdk streamOptimized): convert
      * then compresses as with -c (qemu's needs_compressed_writes). */
     int needs_compressed_writes;
+    /*
+     * Set by convert around write() for writers with can_defer: the guest
+     * data's file writes (ins_wdata) are recorded here, not done; the
+     * caller does them (on any thread, ins_wdefer_run) while buf stays
+     * valid.  Metadata is always written at once.  NULL: write at once.
+     */
+    struct ins_wdefer *defer;
 };
 
 /* What create() is asked for.  opts holds the -o options the host
@@ -97,6 +120,9 @@ struct ins_writer {
     /* Writes the final metadata and flushes: the image is complete. */
     int (*finish)(struct ins_wimage *img);
     void (*close)(struct ins_wimage *img);
+    /* write() sends guest data through ins_wdata and reads none of it
+     * back, so its file writes may be deferred (struct ins_wimage). */
+    int can_defer;
 };
 
 extern const struct ins_writer ins_wr_raw, ins_wr_qcow2, ins_wr_vmdk,
@@ -113,5 +139,16 @@ const struct ins_writer *ins_find_writer(const char *name);
  * qemu creates this way (raw, fixed vpc, flat vmdk extents) do the same.
  */
 int ins_grow_empty(struct ins_bdev *bd, uint64_t size);
+
+/* A writer's write of guest data to its file: done at once, or recorded
+ * in img->defer when the caller asked for that. */
+int ins_wdata(struct ins_wimage *img, const void *buf, size_t len,
+              uint64_t off);
+
+/* Does d's writes (thread-safe: the file's size is left alone and the end
+ * of the last byte written goes to *end).  On failure returns INS_E* with
+ * the failed item's index in *failed. */
+int ins_wdefer_run(struct ins_wimage *img, const struct ins_wdefer *d,
+                   uint64_t *end, size_t *failed);
 
 #endif

@@ -651,6 +651,10 @@ static void worker_main(const struct worker_limits *lim, unsigned ctx_flags,
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = on_sigbus;
         sigaction(SIGBUS, &sa, NULL);
+        /* A write past RLIMIT_FSIZE fails with EFBIG, as in qemu-img,
+         * rather than killing the worker. */
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGXFSZ, &sa, NULL);
     }
     if (!lim->no_sandbox) {
         set_limit(RLIMIT_CORE, 0, 0);

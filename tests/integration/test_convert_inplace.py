@@ -12,6 +12,7 @@ and for raw targets the same allocation (`qemu-img map`), since zeros
 found inside data are left as holes by both.
 """
 import json
+import subprocess
 
 import pytest
 
@@ -231,3 +232,34 @@ def test_source_shrinks_during_convert(tmp_path):
             assert "Input/output error" in err, err
         outcomes.append(p.returncode)
     print(outcomes)
+
+
+@pytest.mark.parametrize("target", ["qcow2", "raw", "vmdk", "vpc"])
+def test_write_failure_same_as_qemu(oracle, tmp_path, target):
+    """Writes past RLIMIT_FSIZE fail with EFBIG (the signal is ignored, as
+    qemu-img does): the same message and exit status, whichever thread
+    wrote (qcow2 data goes through shared writes, vmdk and vpc through the
+    one writer thread; a raw target fails sizing the file first)."""
+    import resource
+    src = tmp_path / "m.raw"
+    piece = (b"instar fsize test " * 3641)[:65536]
+    with open(src, "wb") as f:
+        for _ in range(64 * MiB // len(piece)):
+            f.write(piece)
+    limit = 20_000_000
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    res = {}
+    for who, prog in (("qemu", oracle.path), ("instar", INSTAR)):
+        r = subprocess.run([str(prog), "convert", "-f", "raw", "-O", target,
+                            "m.raw", f"out-{who}"], cwd=tmp_path,
+                           capture_output=True, preexec_fn=cap, timeout=60)
+        err = r.stderr.decode().replace(f"out-{who}", "OUT")
+        err = err.replace(str(prog), "PROG")
+        err = err.replace("qemu-img:", "PROG:").replace("instar:", "PROG:")
+        res[who] = (r.returncode, err)
+    assert res["instar"] == res["qemu"]
+    assert res["instar"][0] == 1
+    assert not (tmp_path / "out-instar").exists()

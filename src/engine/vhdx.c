@@ -1455,8 +1455,9 @@ static int vhdx_locate(struct ins_image *img, uint64_t offset, uint64_t bytes,
     default:
         return 0;
     }
+    if (ins_add_overflow(e & BAT_OFFSET_MASK, in_block, &st->map))
+        return 0;               /* let the read report it */
     st->file = img->file;
-    st->map = (e & BAT_OFFSET_MASK) + in_block;
     return 1;
 }
 

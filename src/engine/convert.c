@@ -126,10 +126,13 @@ struct pipe {
      * mostly writes it, while its mappings and cache lines are warm.
      * seq_freed counts chunks done with; write_rc stops everyone after a
      * failure; deferred_end is the end of the data written so (the
-     * file's size is updated once, at the end).
+     * file's size is updated once, at the end).  Of several failures the
+     * one at the lowest guest offset is reported (qemu-img, writing in
+     * order, meets that one first): fail_guest, fail_msg.
      */
-    int shared, writing, write_rc;
-    uint64_t seq_freed, deferred_end;
+    int shared, writing, write_rc, fail_plain;
+    uint64_t seq_freed, deferred_end, fail_guest;
+    char fail_msg[sizeof(((struct ins_ctx *)0)->errmsg)];
 
     /* One granule being assembled for the writer (partial writes). */
     uint8_t *stage;
@@ -745,6 +748,19 @@ static struct slot *take(struct pipe *p)
 
 static int write_slot(struct pipe *p, struct slot *s);
 
+/* Records a shared-write failure at guest offset guest if it is the
+ * first or lies before the one recorded; called with mu held. */
+static void note_failure(struct pipe *p, int rc, uint64_t guest,
+                         const char *msg, int plain)
+{
+    if (p->write_rc == 0 || guest < p->fail_guest) {
+        p->write_rc = rc;
+        p->fail_guest = guest;
+        snprintf(p->fail_msg, sizeof(p->fail_msg), "%s", msg);
+        p->fail_plain = plain;
+    }
+}
+
 /*
  * Shared writes: places the done chunks next in guest order (the writer
  * role, one thread at a time) and writes their data.  Called and returns
@@ -756,7 +772,7 @@ static void drain(struct pipe *p)
         struct slot *s = &p->slots[p->seq_written % p->nslots];
         uint64_t end = 0;
         size_t failed = 0;
-        int rc;
+        int rc, data_rc = 0;
 
         if (s->state != SLOT_DONE)
             break;
@@ -769,20 +785,23 @@ static void drain(struct pipe *p)
         pthread_mutex_lock(&p->mu);
         p->writing = 0;
         p->seq_written++;
-        if (rc < 0 && p->write_rc == 0)
-            p->write_rc = rc;       /* write_slot's message is in p->ctx */
+        if (rc < 0)                 /* write_slot's message is in p->ctx */
+            note_failure(p, rc, s->off, p->ctx->errmsg, p->ctx->errmsg_plain);
         pthread_cond_broadcast(&p->cv_done);
         pthread_mutex_unlock(&p->mu);
         if (rc == 0)
-            rc = ins_wdefer_run(p->w, &s->defer, &end, &failed);
+            data_rc = ins_wdefer_run(p->w, &s->defer, &end, &failed);
         release_view(s);
-        pthread_mutex_lock(&p->mu);
-        if (rc < 0 && p->write_rc == 0) {
-            p->write_rc = rc;
-            snprintf(p->ctx->errmsg, sizeof(p->ctx->errmsg), "error while "
-                     "writing at byte %lld: %s",
-                     (long long)s->defer.items[failed].guest, ins_strerror(rc));
-            p->ctx->errmsg_plain = 1;
+        if (data_rc < 0) {
+            uint64_t guest = s->defer.items[failed].guest;
+            char msg[sizeof(p->fail_msg)];
+
+            snprintf(msg, sizeof(msg), "error while writing at byte %lld: %s",
+                     (long long)guest, ins_strerror(data_rc));
+            pthread_mutex_lock(&p->mu);
+            note_failure(p, data_rc, guest, msg, 1);
+        } else {
+            pthread_mutex_lock(&p->mu);
         }
         if (end > p->deferred_end)
             p->deferred_end = end;
@@ -1244,6 +1263,24 @@ static int plan_one(struct pipe *p, struct slot *s)
     return 1;
 }
 
+/* Hands a planned chunk to the readers (data) or marks it done (zeros,
+ * the backing file's); called with mu held. */
+static int queue_planned(struct pipe *p, struct slot *s)
+{
+    int rc = INS_OK;
+
+    s->state = s->status == BLK_DATA ? SLOT_TODO : SLOT_DONE;
+    if (s->state == SLOT_DONE) {
+        s->npieces = 0;
+        s->warnings_len = 0;
+        if (s->status == BLK_ZERO)
+            rc = add_piece(p->ctx, s, s->off, s->len, 0, 0);
+    }
+    p->seq_planned++;
+    pthread_cond_signal(&p->cv_work);
+    return rc;
+}
+
 static int run(struct pipe *p)
 {
     int planning = 1, rc = INS_OK;
@@ -1264,15 +1301,7 @@ static int run(struct pipe *p)
                 break;
             }
             pthread_mutex_lock(&p->mu);
-            s->state = s->status == BLK_DATA ? SLOT_TODO : SLOT_DONE;
-            if (s->state == SLOT_DONE) {
-                s->npieces = 0;
-                s->warnings_len = 0;
-                if (s->status == BLK_ZERO)
-                    rc = add_piece(p->ctx, s, s->off, s->len, 0, 0);
-            }
-            p->seq_planned++;
-            pthread_cond_signal(&p->cv_work);
+            rc = queue_planned(p, s);
             pthread_mutex_unlock(&p->mu);
             if (rc < 0)
                 return rc;
@@ -1344,9 +1373,13 @@ static int run_shared(struct pipe *p)
         struct slot *s = &p->slots[p->seq_planned % p->nslots];
 
         if (p->write_rc) {
-            rc = p->write_rc;
-            while (p->writing)
+            /* Every chunk placed writes its data first: one of them may
+             * fail at a lower offset. */
+            while (p->writing || p->seq_freed < p->seq_written)
                 pthread_cond_wait(&p->cv_done, &p->mu);
+            rc = p->write_rc;
+            memcpy(p->ctx->errmsg, p->fail_msg, sizeof(p->fail_msg));
+            p->ctx->errmsg_plain = p->fail_plain;
             pthread_mutex_unlock(&p->mu);
             return rc;
         }
@@ -1368,16 +1401,7 @@ static int run_shared(struct pipe *p)
             planning = 0;
             continue;
         }
-        rc = INS_OK;
-        s->state = s->status == BLK_DATA ? SLOT_TODO : SLOT_DONE;
-        if (s->state == SLOT_DONE) {
-            s->npieces = 0;
-            s->warnings_len = 0;
-            if (s->status == BLK_ZERO)
-                rc = add_piece(p->ctx, s, s->off, s->len, 0, 0);
-        }
-        p->seq_planned++;
-        pthread_cond_signal(&p->cv_work);
+        rc = queue_planned(p, s);
         if (rc < 0) {
             pthread_mutex_unlock(&p->mu);
             return stop_writing(p, rc);

@@ -74,6 +74,25 @@ def run(argv, cwd=None, env=None, input=None, timeout=60):
                           capture_output=True, input=input, timeout=timeout)
 
 
+def data_map(path):
+    """The file's length and its data extents [(start, end)], as
+    SEEK_DATA/SEEK_HOLE find them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end, off, out = os.fstat(fd).st_size, 0, []
+        while off < end:
+            try:
+                d = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:
+                break
+            h = os.lseek(fd, d, os.SEEK_HOLE)
+            out.append((d, h))
+            off = h
+        return end, out
+    finally:
+        os.close(fd)
+
+
 def qemu_img(*args, cwd=None):
     """Runs Debian's qemu-img to make test images; fails the test on error."""
     r = run([QEMU_IMG, *args], cwd=cwd)

@@ -19,7 +19,7 @@ import struct
 
 import pytest
 
-from conftest import INSTAR, ORACLES, QEMU_IMG, qemu_img, qemu_io, run
+from conftest import INSTAR, ORACLES, QEMU_IMG, data_map, qemu_img, qemu_io, run
 
 MiB = 1 << 20
 
@@ -350,23 +350,6 @@ def test_overlay_on_own_backing_vmdk_source(oracle, tmp_path, src, opts):
     assert_compare(tmp_path / "s.vmdk", i, "vmdk", "qcow2")
 
 
-def _data_map(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        end, off, out = os.fstat(fd).st_size, 0, []
-        while off < end:
-            try:
-                d = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
-                break
-            h = os.lseek(fd, d, os.SEEK_HOLE)
-            out.append((d, h))
-            off = h
-        return end, out
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("opts", [["-C"], ["-S", "0"], ["-C", "-n"], ["-S", "0", "-n"],
                                   ["-C", "-m", "1"]],
                          ids=lambda o: " ".join(o))
@@ -391,7 +374,7 @@ def test_raw_copy_offload(oracle, tmp_path, src, odd, opts):
     # may allocate one block more (qemu's own runs differ): compare the
     # zeros inside data, which stay allocated, and the big holes.
     for path in (q, i):
-        end, ext = _data_map(path)
+        end, ext = data_map(path)
         assert any(a <= 6 * MiB and b >= 7 * MiB for a, b in ext), path.name
         if "-n" not in opts and "-S" not in opts:
             assert not any(a < 4 * MiB and b > 4 * MiB for a, b in ext), path.name

@@ -21,7 +21,7 @@ import struct
 
 import pytest
 
-from conftest import INSTAR, QEMU_IMG, qemu_img, qemu_io, run
+from conftest import INSTAR, QEMU_IMG, data_map, qemu_img, qemu_io, run
 
 MiB = 1 << 20
 
@@ -46,24 +46,6 @@ CASES = [
     ("vdi", ""),
     ("vdi", "static=on"),
 ]
-
-
-def data_map(path):
-    """The file's length and data extents (SEEK_DATA/SEEK_HOLE)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        end, off, out = os.fstat(fd).st_size, 0, []
-        while off < end:
-            try:
-                d = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
-                break
-            h = os.lseek(fd, d, os.SEEK_HOLE)
-            out.append((d, h))
-            off = h
-        return end, out
-    finally:
-        os.close(fd)
 
 
 def _data_bytes(path):

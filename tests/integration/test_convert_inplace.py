@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import INSTAR, qemu_img, qemu_io, run
+from conftest import INSTAR, data_map, qemu_img, qemu_io, run
 from qcow2_corrupt import OFFSET_MASK, Qcow2
 
 MiB = 1 << 20
@@ -157,25 +157,6 @@ def test_same_as_qemu(oracle, tmp_path, name, target, args):
         assert map_json(outs["instar"]) == map_json(outs["qemu"])
 
 
-def file_extents(path):
-    """The file's data extents, as SEEK_DATA/SEEK_HOLE find them."""
-    import os
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size, off, ext = os.fstat(fd).st_size, 0, []
-        while off < size:
-            try:
-                d = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
-                break
-            h = os.lseek(fd, d, os.SEEK_HOLE)
-            ext.append((d, h - d))
-            off = h
-        return size, ext
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("target,opts", [
     ("raw", []),
     ("vpc", ["-o", "subformat=fixed"]),
@@ -196,7 +177,7 @@ def test_file_layout_same_as_qemu(oracle, tmp_path, target, opts):
         r = run([prog, "convert", "-f", fmt, "-O", target, *opts, str(src),
                  "out.img"], cwd=d)
         assert r.returncode == 0, (who, r.stderr)
-        layouts[who] = {p.name: file_extents(p) for p in sorted(d.iterdir())}
+        layouts[who] = {p.name: data_map(p) for p in sorted(d.iterdir())}
     assert layouts["instar"] == layouts["qemu"]
 
 

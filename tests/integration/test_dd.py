@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import INSTAR, QEMU_IMG, qemu_img, qemu_io, run
+from conftest import INSTAR, QEMU_IMG, data_map, qemu_img, qemu_io, run
 
 MiB = 1 << 20
 
@@ -37,24 +37,6 @@ def _dd(oracle, tmp_path, args, out="out"):
     assert (i.returncode, ie) == (q.returncode, qe), (args, i.stderr, q.stderr)
     assert i.stdout == q.stdout
     return q_out, i_out
-
-
-def data_map(path):
-    """The file's data extents (SEEK_DATA/SEEK_HOLE) and its length."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        end, off, out = os.fstat(fd).st_size, 0, []
-        while off < end:
-            try:
-                d = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
-                break
-            h = os.lseek(fd, d, os.SEEK_HOLE)
-            out.append((d, h))
-            off = h
-        return end, out
-    finally:
-        os.close(fd)
 
 
 def _info(path, fmt):

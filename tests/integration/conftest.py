@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,19 @@ def data_map(path):
         return end, out
     finally:
         os.close(fd)
+
+
+def run_calibrated(argv, cwd=None, timeout=60):
+    """Runs a qemu-img that derives a LUKS key.  qemu times PBKDF2 by the
+    thread's user CPU time, which on a busy machine can read 0 for a whole
+    run ("Unable to get accurate CPU usage", a qemu bug): retry, spaced a
+    little, until a run gets past the calibration; None if none did."""
+    for attempt in range(40):
+        r = run(argv, cwd=cwd, timeout=timeout)
+        if b"accurate CPU usage" not in r.stderr:
+            return r
+        time.sleep(0.02 * (attempt % 5))
+    return None
 
 
 def qemu_img(*args, cwd=None):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (QEMU_IMG, assert_info_same, assert_same, instar,
-                      qemu_img, qemu_io, run)
+                      qemu_img, qemu_io, run, run_calibrated)
 
 MAGIC = b"QFI\xfb"
 EXT_END = 0
@@ -602,11 +602,9 @@ def create_luks(tmp, name, *opts):
             "-f", "qcow2", "-o",
             ",".join(["encrypt.format=luks", "encrypt.key-secret=sec0", *opts]),
             name, "16M"]
-    for _ in range(5):
-        r = run(args, cwd=tmp)
-        if r.returncode == 0:
-            return name
-    raise AssertionError(r.stderr.decode())
+    r = run_calibrated(args, cwd=tmp)
+    assert r is not None and r.returncode == 0, r and r.stderr.decode()
+    return name
 
 
 def test_luks_encryption(oracle, tmp_path):

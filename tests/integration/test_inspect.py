@@ -19,7 +19,8 @@ import threading
 
 import pytest
 
-from conftest import INSTAR, QEMU_IMG, instar, qemu_img, qemu_io, run
+from conftest import (INSTAR, QEMU_IMG, instar, qemu_img, qemu_io, run,
+                      run_calibrated)
 
 import test_read_vhdx_diff as vhdx_diff
 from test_info_luks import luks as luks_header
@@ -242,12 +243,10 @@ def luks(d, version=None):
 def qemu_img_retry(*args):
     """qemu-img 7.2's PBKDF calibration sometimes fails on a busy host
     ("Unable to get accurate CPU usage"): a qemu bug, so retry."""
-    for _ in range(8):
-        r = run([QEMU_IMG, *args])
-        if b"accurate CPU usage" not in r.stderr:
-            assert r.returncode == 0, r.stderr.decode()
-            return
-    pytest.fail("qemu-img kept failing its PBKDF calibration")
+    r = run_calibrated([QEMU_IMG, *args])
+    if r is None:
+        pytest.fail("qemu-img kept failing its PBKDF calibration")
+    assert r.returncode == 0, r.stderr.decode()
 
 
 def qcow2_luks(d):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INSTAR, QEMU_IMG, assert_same, qemu_img, qemu_io, run
+from conftest import (INSTAR, QEMU_IMG, assert_same, qemu_img, qemu_io, run,
+                      run_calibrated)
 
 ORACLE_ROOT_BIN = "/opt/qemu-oracle/root/usr/bin/qemu-img"
 SECRET = ["--object", "secret,id=sec0,data=123456"]
@@ -42,11 +43,10 @@ def norm_err(oracle, err):
 def run_oracle(oracle, args, cwd):
     """qemu-img 7.2's PBKDF calibration sometimes fails on fast hosts
     ("Unable to get accurate CPU usage"): a qemu bug, so retry."""
-    for _ in range(8):
-        q = run([oracle.path, *args], cwd=cwd, timeout=300)
-        if b"accurate CPU usage" not in q.stderr:
-            return q
-    pytest.fail("qemu-img kept failing its PBKDF calibration")
+    q = run_calibrated([oracle.path, *args], cwd=cwd, timeout=300)
+    if q is None:
+        pytest.fail("qemu-img kept failing its PBKDF calibration")
+    return q
 
 
 def same_slow(oracle, cwd, *args):

@@ -60,20 +60,24 @@ def fix_checksum(footer):
 
 
 def patch_footer(path, fn, where=("start", "end"), fix=True):
-    """Applies fn to the footer copies (offset 0 and/or the last sector)."""
-    data = bytearray(Path(path).read_bytes())
-    offsets = []
-    if "start" in where and data[:8] == b"conectix":
-        offsets.append(0)
-    if "end" in where:
-        offsets.append(len(data) - FOOTER)
-    for off in offsets:
-        f = bytearray(data[off:off + FOOTER])
-        fn(f)
-        if fix:
-            fix_checksum(f)
-        data[off:off + FOOTER] = f
-    Path(path).write_bytes(bytes(data))
+    """Applies fn to the footer copies (offset 0 and/or the last sector),
+    in place: rewriting a whole fixed image would allocate all of it."""
+    with open(path, "r+b") as fh:
+        size = fh.seek(0, 2)
+        fh.seek(0)
+        offsets = []
+        if "start" in where and fh.read(8) == b"conectix":
+            offsets.append(0)
+        if "end" in where:
+            offsets.append(size - FOOTER)
+        for off in offsets:
+            fh.seek(off)
+            f = bytearray(fh.read(FOOTER))
+            fn(f)
+            if fix:
+                fix_checksum(f)
+            fh.seek(off)
+            fh.write(f)
 
 
 def patch(path, offset, fmt, *values):
